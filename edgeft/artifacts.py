@@ -1,0 +1,150 @@
+"""Run-directory layout, atomic writes and the manifests that stages exchange.
+
+Stages talk only through the run directory (DESIGN.md §House style 2). Every file is
+written to a temporary sibling and renamed into place, so a killed run never leaves a
+half-written file that a later step would trust.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from edgeft.errors import EdgeftError
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Calls `write(tmp_path)` and renames the result onto `path` (same directory)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Atomically writes bytes."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically writes UTF-8 text."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Atomically writes indented JSON."""
+    return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_yaml(path: str | os.PathLike, data: Any) -> Path:
+    """Atomically writes YAML (values only)."""
+    return write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Reads JSON, failing with a one-line error naming the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EdgeftError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise EdgeftError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """Atomically rewrites a JSON-lines file with `rows`."""
+    return write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Reads a JSON-lines file; a missing file is empty."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+@dataclass(frozen=True)
+class StudentCard:
+    """What an exporter or runtime needs to rebuild and feed the student (timm's PretrainedCfg)."""
+
+    arch: str
+    num_classes: int
+    class_names: list[str]
+    input_size: tuple[int, int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    teacher: str
+    method: str
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["input_size"] = list(self.input_size)
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "StudentCard":
+        try:
+            return cls(
+                arch=data["arch"],
+                num_classes=int(data["num_classes"]),
+                class_names=list(data["class_names"]),
+                input_size=tuple(data["input_size"]),
+                mean=tuple(data["mean"]),
+                std=tuple(data["std"]),
+                teacher=data.get("teacher", ""),
+                method=data.get("method", ""),
+                extra=dict(data.get("extra", {})),
+            )
+        except KeyError as exc:
+            raise EdgeftError(f"student card lacks the field {exc.args[0]!r}") from None
+
+
+class RunDir:
+    """The layout of one run directory (DESIGN.md: runs/<name>/)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    config = property(lambda self: self.root / "config.yaml")
+    metrics = property(lambda self: self.root / "metrics.jsonl")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    student_dir = property(lambda self: self.root / "student")
+    student_weights = property(lambda self: self.root / "student" / "model.safetensors")
+    student_card = property(lambda self: self.root / "student" / "card.json")
+    summary = property(lambda self: self.root / "summary.json")
+    data_split = property(lambda self: self.root / "data_split.json")
+    cache = property(lambda self: self.root / "cache")
+    engines = property(lambda self: self.root / "engines")
+
+    def stage_dir(self, stage: str) -> Path:
+        """Checkpoint folder of one training stage."""
+        return self.checkpoints / stage
+
+    def has_student(self) -> bool:
+        return self.student_weights.exists() and self.student_card.exists()
+
+    def read_card(self) -> StudentCard:
+        if not self.has_student():
+            raise EdgeftError(
+                f"{self.root}: no trained student here (student/model.safetensors + card.json); "
+                "run `edgeft compress --out DIR` first"
+            )
+        return StudentCard.from_json(read_json(self.student_card))

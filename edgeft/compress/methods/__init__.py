@@ -1,0 +1,8 @@
+"""Transfer methods, one module each, registered in `METHODS`."""
+from __future__ import annotations
+
+from edgeft.compress.methods.base import METHODS, Method, TransferContext
+from edgeft.compress.methods import baselines  # noqa: F401  (registers the baselines)
+from edgeft.compress.methods import aft, kdep  # noqa: F401  (registers aft, kdep)
+
+__all__ = ["METHODS", "Method", "TransferContext"]

@@ -1,0 +1,116 @@
+"""Baselines: fine-tuning (stl), linear probe (lp), LP-FT, Hinton KD (kd) and FitNets-style feature KD (fkd)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeft.compress.losses import hinton_kd
+from edgeft.compress.methods.base import METHODS, Method, Recipe, TransferContext
+from edgeft.compress.methods.common import adapted_teacher, probe_features, train_linear_head
+from edgeft.compress.train import Stage
+
+FINETUNE = Recipe(epochs=30, lr=0.05, optimizer="sgd", schedule="cosine", weight_decay=5e-4)
+FEATURE_KD = Recipe(epochs=30, lr=0.05, optimizer="sgd", schedule="cosine", weight_decay=5e-4)
+KD_TEMPERATURE = 4.0  # Hinton et al. 2015; CE and KL weighted equally
+KD_ALPHA = 0.5
+
+
+def finetune(ctx: TransferContext, stage: str = "finetune", recipe: Recipe = FINETUNE) -> nn.Module:
+    """Trains every student parameter with cross-entropy on the few labelled images."""
+    student = ctx.student
+    loader = ctx.loader(ctx.train_set(augment=True))
+
+    def loss(images: torch.Tensor, labels: torch.Tensor):
+        logits = student(images)
+        return F.cross_entropy(logits, labels), logits
+
+    spec = ctx.spec(recipe, steps_per_epoch=len(loader))
+    ctx.trainer.run_stage(Stage(stage, {"student": student}, loss, loader, spec, evaluate=_val(ctx, student)))
+    return student
+
+
+def linear_probe(ctx: TransferContext) -> nn.Module:
+    """Freezes the student backbone and trains only its classifier on cached features."""
+    train, val = probe_features(ctx, ctx.student, ctx.student_spec)
+    head, _ = train_linear_head(ctx, "student-probe", train, ctx.images.labels, val, ctx.val.labels)
+    classifier = ctx.student.model.get_classifier()
+    with torch.no_grad():
+        classifier.weight.copy_(head.weight)
+        classifier.bias.copy_(head.bias)
+    return ctx.student
+
+
+def _val(ctx: TransferContext, model: nn.Module):
+    from edgeft.compress.methods.common import evaluate
+
+    return lambda: evaluate(model, ctx.val, ctx.device)
+
+
+@METHODS.register("stl", aliases=("finetune", "fine-tune"))
+class FineTune(Method):
+    summary = "standard transfer learning: fine-tune the whole student on the few data"
+
+    def fit(self, ctx: TransferContext) -> nn.Module:
+        return finetune(ctx)
+
+
+@METHODS.register("lp", aliases=("linear-probe",))
+class LinearProbe(Method):
+    summary = "linear probe: frozen student backbone, train the classifier only"
+
+    def fit(self, ctx: TransferContext) -> nn.Module:
+        return linear_probe(ctx)
+
+
+@METHODS.register("lp-ft")
+class LinearProbeThenFineTune(Method):
+    summary = "LP-FT (Kumar et al. 2022): linear probe, then fine-tune everything at a lower lr"
+
+    def fit(self, ctx: TransferContext) -> nn.Module:
+        linear_probe(ctx)
+        return finetune(ctx, recipe=Recipe(epochs=FINETUNE.epochs, lr=FINETUNE.lr / 5))
+
+
+@METHODS.register("kd")
+class LogitDistillation(Method):
+    summary = "Hinton KD: CE + T²·KL to the teacher's logits (teacher head trained on the few data first)"
+    needs_teacher = True
+
+    def fit(self, ctx: TransferContext) -> nn.Module:
+        teacher = adapted_teacher(ctx)
+        student = ctx.student
+        loader = ctx.loader(ctx.train_set(augment=True))
+
+        def loss(images: torch.Tensor, labels: torch.Tensor):
+            logits = student(images)
+            with torch.no_grad():
+                target = teacher(images)
+            return hinton_kd(logits, target, labels, KD_TEMPERATURE, KD_ALPHA), logits
+
+        spec = ctx.spec(FINETUNE, steps_per_epoch=len(loader))
+        ctx.trainer.run_stage(Stage("distill", {"student": student}, loss, loader, spec,
+                                    evaluate=_val(ctx, student), frozen_eval_modules=[teacher]))
+        return student
+
+
+@METHODS.register("fkd", aliases=("fitnets",))
+class FeatureDistillation(Method):
+    summary = "feature KD (FitNets-style, the papers' KD baseline): L2 to teacher features via a linear projector, then fine-tune"
+    needs_teacher = True
+
+    def fit(self, ctx: TransferContext) -> nn.Module:
+        teacher = ctx.teacher()
+        student = ctx.student
+        projector = nn.Linear(student.num_features, teacher.num_features)
+        loader = ctx.loader(ctx.train_set(augment=True))
+
+        def loss(images: torch.Tensor, labels: torch.Tensor):
+            with torch.no_grad():
+                target = teacher.features(images)
+            return F.mse_loss(projector(student.features(images)), target), None
+
+        spec = ctx.spec(FEATURE_KD, steps_per_epoch=len(loader))
+        ctx.trainer.run_stage(Stage("distill-features", {"student": student, "projector": projector}, loss,
+                                    loader, spec, frozen_eval_modules=[teacher]))
+        return finetune(ctx)  # the projector is dropped; the student is fine-tuned on the labels

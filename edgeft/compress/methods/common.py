@@ -1,0 +1,122 @@
+"""Steps that several methods share: evaluation, cached features, linear heads, teacher adaptation."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from edgeft import artifacts
+from edgeft.compress.data import make_loader
+from edgeft.compress.methods.base import Recipe, TransferContext
+from edgeft.compress.models import ModelSpec
+from edgeft.compress.train import Stage
+
+log = logging.getLogger(__name__)
+
+PROBE_RECIPE = Recipe(epochs=60, lr=0.1, optimizer="sgd", schedule="cosine", weight_decay=1e-4)
+EVAL_BATCH = 256
+
+
+@torch.no_grad()
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, device: torch.device) -> float:
+    """Top-1 accuracy of `model` (images → logits) on `dataset`."""
+    if isinstance(model, nn.Module):
+        model.eval()
+    correct = total = 0
+    for images, labels in make_loader(dataset, EVAL_BATCH):
+        logits = model(images.to(device))
+        correct += (logits.argmax(1).cpu() == labels).sum().item()
+        total += len(labels)
+    return round(correct / max(total, 1), 5)
+
+
+@torch.no_grad()
+def features_of(ctx: TransferContext, model: nn.Module, dataset: Dataset, key: str) -> torch.Tensor:
+    """`model.features(images)` in eval mode over `dataset` in order, cached in the run directory under `key`."""
+    from safetensors.torch import load_file, save_file
+
+    path = ctx.run.cache / f"{key}.safetensors"
+    if path.exists():
+        return load_file(str(path))["features"]
+    was_training = model.training
+    model.eval()
+    chunks = [model.features(images.to(ctx.device)).float().cpu() for images, _ in make_loader(dataset, EVAL_BATCH)]
+    model.train(was_training)
+    features = torch.cat(chunks)
+    if ctx.dist.is_main:
+        artifacts.atomic_write(path, lambda tmp: save_file({"features": features.contiguous()}, tmp))
+    return features
+
+
+def cache_key(*parts: str) -> str:
+    """A short stable name for cached features of (model, weights, data)."""
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def train_linear_head(
+    ctx: TransferContext, stage: str, train_features: torch.Tensor, labels: torch.Tensor,
+    val_features: torch.Tensor | None = None, val_labels: torch.Tensor | None = None,
+) -> tuple[nn.Linear, float | None]:
+    """Trains a linear classifier on frozen features (the linear-probe step) through the one loop."""
+    head = nn.Linear(train_features.shape[1], len(ctx.classes))
+    data = TensorDataset(train_features, labels)
+    loader = ctx.loader(data, batch_size=min(256, len(data)))
+
+    def evaluate_head() -> float:
+        with torch.no_grad():
+            logits = head(val_features.to(ctx.device))
+        return round((logits.argmax(1).cpu() == val_labels).float().mean().item(), 5)
+
+    def loss(x: torch.Tensor, y: torch.Tensor):
+        logits = head(x)
+        return F.cross_entropy(logits, y), logits
+
+    has_val = val_features is not None
+    spec = ctx.spec(PROBE_RECIPE, overridable=False)
+    metrics = ctx.trainer.run_stage(
+        Stage(stage, {"head": head}, loss, loader, spec, evaluate=evaluate_head if has_val else None)
+    )
+    return head.to(ctx.device), metrics.get("val_acc")
+
+
+def probe_features(ctx: TransferContext, model, spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features of the train (eval transform) and val images, cached per model and weights."""
+    name = f"{spec.timm_name}|{spec.weights}|{ctx.image_size}"
+    train = features_of(ctx, model, ctx.train_set(augment=False), cache_key(name, "train"))
+    val = features_of(ctx, model, ctx.val, cache_key(name, "val"))
+    return train, val
+
+
+class WithHead(nn.Module):
+    """A frozen backbone plus a trained linear head: images → logits."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.features(x))
+
+
+def adapted_teacher(ctx: TransferContext) -> WithHead:
+    """The first teacher with a task head trained on its frozen features (linear probe); cached per run.
+
+    Its validation accuracy is recorded as the teacher's accuracy in summary.json.
+    """
+    if "adapted_teacher" in ctx.notes:
+        return ctx.notes["adapted_teacher"]
+    teacher = ctx.teacher()
+    train, val = probe_features(ctx, teacher, ctx.teacher_specs[0])
+    head, acc = train_linear_head(ctx, "teacher-probe", train, ctx.images.labels, val, ctx.val.labels)
+    adapted = WithHead(teacher, head).eval()
+    ctx.notes["adapted_teacher"] = adapted
+    ctx.notes["teacher_accuracy"] = acc
+    return adapted

@@ -1,0 +1,246 @@
+"""Teacher/student zoo: paper aliases → timm names, weight sources, normalisation, sizes.
+
+Weights come from the Hugging Face hub (through timm), from a local file (safetensors,
+`.pth` loaded with `weights_only=True`, or the official BiT `.npz`), or from the bundled
+demo. Hub access is checked up front so an offline machine fails in seconds with the flag
+that supplies the weights instead.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeft.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
+HUB_HOST = ("huggingface.co", 443)
+HUB_PROBE_TIMEOUT_S = 3.0
+
+# Paper names (OTA Table 8, AFT, KDEP) → timm model names with pretrained tags.
+TEACHER_ALIASES: dict[str, str] = {
+    "bit_m_r50x1": "resnetv2_50x1_bit.goog_in21k",
+    "bit_m_r101x1": "resnetv2_101x1_bit.goog_in21k",
+    "bit_m_r50x3": "resnetv2_50x3_bit.goog_in21k",
+    "bit_m_r152x2": "resnetv2_152x2_bit.goog_in21k",
+    "resnet50": "resnet50.tv_in1k",
+    "resnet18": "resnet18.tv_in1k",
+    "clip_r50": "resnet50_clip.openai",
+    "swin_l": "swin_large_patch4_window7_224.ms_in22k",
+    "vit_b16": "vit_base_patch16_224.augreg_in21k",
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved model: timm architecture, where its weights come from, its preprocessing."""
+
+    name: str  # what the user asked for
+    arch: str  # timm architecture, no tag
+    timm_name: str  # architecture.tag when a tag applies
+    weights: str  # 'hub', 'none', 'demo' or a file path
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int
+
+
+class Normalized(nn.Module):
+    """A timm classifier that takes [0, 1] images and normalises them itself."""
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def num_features(self) -> int:
+        return self.model.num_features
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled pre-logits features (the input of the classifier)."""
+        return self.model.forward_head(self.model.forward_features(self._norm(x)), pre_logits=True)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.get_classifier()(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self._norm(x))
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def resolve(name: str, weights: str | None, *, role: str) -> ModelSpec:
+    """Resolves a model name (alias, timm name[.tag] or `demo`) and its weight source."""
+    import timm
+
+    if name == "demo":
+        card = demo_card()
+        size = card["input_size"][-1]
+        return ModelSpec("demo", card["arch"], card["arch"], weights or "demo",
+                         tuple(card["mean"]), tuple(card["std"]), size)
+    timm_name = TEACHER_ALIASES.get(name, name)
+    arch = timm_name.split(".", 1)[0]
+    if arch not in timm.list_models():
+        known = list(TEACHER_ALIASES) + timm.list_models()
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        raise WeightsError(f"--{role} {name}: unknown model{hint}; aliases: {', '.join(TEACHER_ALIASES)}")
+    cfg = _pretrained_cfg(timm_name)
+    mean = tuple(cfg.mean) if cfg else (0.485, 0.456, 0.406)
+    std = tuple(cfg.std) if cfg else (0.229, 0.224, 0.225)
+    size = cfg.input_size[-1] if cfg else 224
+    return ModelSpec(name, arch, timm_name, weights or "hub", mean, std, size)
+
+
+def create(spec: ModelSpec, num_classes: int, *, role: str) -> Normalized:
+    """Builds the model of `spec` with a new `num_classes` head (0: no head) and loads its weights."""
+    import timm
+
+    model = timm.create_model(spec.arch, pretrained=False, num_classes=num_classes, exportable=True)
+    if spec.weights == "demo":
+        load_weights(model, DEMO_DIR / "teacher.safetensors", role=role)
+    elif spec.weights == "hub":
+        _load_from_hub(model, spec, role)
+    elif spec.weights != "none":
+        load_weights(model, Path(spec.weights), role=role)
+    return Normalized(model, spec.mean, spec.std)
+
+
+def load_weights(model: nn.Module, path: Path, *, role: str) -> None:
+    """Loads backbone weights from a local file; classifier weights of another shape are dropped."""
+    flag = f"--{role}-weights {path}"
+    if not path.exists():
+        raise WeightsError(f"{flag}: file not found")
+    if path.suffix == ".npz":
+        if not hasattr(model, "load_pretrained"):
+            raise WeightsError(f"{flag}: .npz weights are the official BiT format; use a resnetv2_*_bit model")
+        try:
+            model.load_pretrained(str(path))
+        except (KeyError, ValueError) as exc:
+            raise WeightsError(f"{flag}: not BiT weights for this architecture ({exc})") from None
+        return
+    state = read_state_dict(path, flag)
+    own = model.state_dict()
+    is_head = _classifier_matcher(model)
+    state = {k: v for k, v in state.items() if not (is_head(k) and (k not in own or own[k].shape != v.shape))}
+    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    reshaped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state and not is_head(k)]
+    unexpected = [k for k in state if k not in own and not is_head(k)]
+    if missing or unexpected or reshaped:
+        example = (reshaped or missing or unexpected)[0]
+        raise WeightsError(
+            f"{flag}: weights do not fit {type(model).__name__} ({len(missing)} missing, {len(unexpected)} "
+            f"unexpected, {len(reshaped)} reshaped keys, e.g. {example!r}); check the model name"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def read_state_dict(path: Path, flag: str) -> dict[str, torch.Tensor]:
+    """Reads a state dict safely: safetensors, or torch.load with weights_only=True."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is the same user error
+        raise WeightsError(f"{flag}: cannot read weights ({type(exc).__name__}: {str(exc)[:120]})") from None
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise WeightsError(f"{flag}: not a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def demo_card() -> dict:
+    """The bundled demo teacher's card (arch, upstream classes, input size, mean/std)."""
+    path = DEMO_DIR / "teacher.json"
+    if not path.exists():
+        raise WeightsError(f"the bundled demo teacher is missing ({path}); reinstall edgeft")
+    return json.loads(path.read_text())
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, image_size: int) -> int:
+    """Multiply-accumulates of one forward pass at batch 1 (torch's FLOP counter / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, image_size, image_size, device=device))
+    model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def _classifier_matcher(model: nn.Module):
+    """Tells classifier keys (timm's pretrained_cfg['classifier']) from backbone keys."""
+    name = getattr(model, "pretrained_cfg", {}).get("classifier", "fc")
+    prefixes = tuple(n + "." for n in (name if isinstance(name, (list, tuple)) else [name]))
+    return lambda key: key.startswith(prefixes)
+
+
+def _pretrained_cfg(timm_name: str):
+    import timm
+
+    try:
+        return timm.models.get_pretrained_cfg(timm_name)
+    except (RuntimeError, ValueError):
+        return None
+
+
+def _load_from_hub(model: nn.Module, spec: ModelSpec, role: str) -> None:
+    """Loads hub weights through timm, failing fast (no retries) when the hub is unreachable."""
+    import timm
+
+    cfg = _pretrained_cfg(spec.timm_name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        raise WeightsError(f"--{role} {spec.name}: timm has no pretrained weights for it; pass --{role}-weights PATH")
+    if not _hub_cached(cfg.hf_hub_id) and not _hub_reachable():
+        raise WeightsError(
+            f"--{role} {spec.name}: pretrained weights '{spec.timm_name}' are not cached and the hub is "
+            f"unreachable; download them elsewhere and pass --{role}-weights PATH (safetensors/.pth/.npz)"
+        )
+    num_classes = model.num_classes
+    loaded = timm.create_model(spec.timm_name, pretrained=True, num_classes=num_classes, exportable=True)
+    model.load_state_dict(loaded.state_dict())
+
+
+def _hub_cached(repo_id: str | None) -> bool:
+    if not repo_id:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        if isinstance(try_to_load_from_cache(repo_id, filename), str):
+            return True
+    return False
+
+
+def _hub_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(HUB_HOST, timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True

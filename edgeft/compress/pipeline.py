@@ -1,0 +1,181 @@
+"""`edgeft compress`: resolve models and data, run one method, write the student and summary.json."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from edgeft import artifacts
+from edgeft.artifacts import RunDir, StudentCard
+from edgeft.compress import data as data_mod
+from edgeft.compress import models
+from edgeft.compress.methods import METHODS, TransferContext
+from edgeft.compress.methods.common import adapted_teacher, evaluate
+from edgeft.compress.train import Dist, NullProgress, Progress, Trainer
+from edgeft.config import CompressConfig, build_config
+from edgeft.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+# Options that may differ between a run and its --resume (they do not change the result).
+RESUME_FREE = {"resume", "out", "device", "workers"}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → this rank's CUDA device when there is one, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu")
+        import os
+
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if name != "cpu":
+        raise ConfigError(f"--device {name}: choose auto, cpu or cuda")
+    return torch.device("cpu")
+
+
+def prepare_run(cfg: CompressConfig, explicit: dict) -> tuple[CompressConfig, RunDir]:
+    """Picks the run directory and, for --resume, the saved config (explicit flags must agree)."""
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.method}"
+    run = RunDir(out)
+    if cfg.resume:
+        if not run.config.exists():
+            raise ConfigError(f"--resume: {out} holds no run to resume (no config.yaml); drop --resume")
+        saved = build_config(CompressConfig, str(run.config))
+        for key, value in explicit.items():
+            if key in RESUME_FREE:
+                continue
+            if _norm(value) != _norm(getattr(saved, key)):
+                raise ConfigError(
+                    f"--resume: --{key.replace('_', '-')} {value} differs from the saved run "
+                    f"({getattr(saved, key)}); resume with the same options or choose another --out"
+                )
+        cfg = dataclasses.replace(saved, resume=True, out=str(out), device=cfg.device, workers=cfg.workers)
+    elif run.summary.exists() or run.checkpoints.exists():
+        raise ConfigError(f"--out {out}: already holds a run; pass --resume to continue it or choose another --out")
+    return cfg, run
+
+
+def run_compress(
+    cfg: CompressConfig,
+    explicit: dict | None = None,
+    progress: Callable[[], Progress] = NullProgress,
+) -> dict:
+    """Runs one compression end to end and returns summary.json's content."""
+    began = time.time()
+    cfg, run = prepare_run(cfg, explicit or {})
+    device = resolve_device(cfg.device)
+    dist = Dist.from_env(device)
+    torch.manual_seed(cfg.seed)
+    method = METHODS.get(cfg.method)()
+    teacher_specs = _teacher_specs(cfg)
+    # Teachers are loaded first so that an offline hub or a bad file fails before any data work.
+    teachers = [models.create(spec, num_classes=0, role="teacher").to(device).eval().requires_grad_(False)
+                for spec in teacher_specs]
+    splits = data_mod.sample_few(
+        data_mod.open_image_folder(cfg.data, cfg.val_fraction, cfg.classes), cfg.fraction, cfg.shots, cfg.seed
+    )
+    _check_resume_classes(run, splits.classes)
+    if dist.is_main:
+        artifacts.write_yaml(run.config, cfg.to_dict())
+        artifacts.write_json(run.data_split, splits.describe())
+    image_size = cfg.image_size or (teacher_specs[0].input_size if teacher_specs else 224)
+    images = data_mod.ImageDataset(splits.store, splits.train, image_size, what="training images")
+    val = data_mod.ImageDataset(
+        splits.store, splits.val, image_size, data_mod.build_transform(image_size, train=False),
+        what="validation images",
+    )
+    student_spec = models.resolve(cfg.student, _student_weights(cfg), role="student")
+    torch.manual_seed(cfg.seed)
+    student = models.create(student_spec, num_classes=len(splits.classes), role="student").to(device)
+    trainer = Trainer(run, device, dist, progress() if dist.is_main else NullProgress(), cfg.resume)
+    ctx = TransferContext(cfg, run, device, trainer, splits.classes, images, val, image_size,
+                          teacher_specs, student, student_spec, teachers)
+    student = method.fit(ctx)
+    if teacher_specs and "teacher_accuracy" not in ctx.notes:
+        adapted_teacher(ctx)
+    summary = _summarise(ctx, student, images, val, time.time() - began)
+    if dist.is_main:
+        _write_student(run, ctx, student)
+        artifacts.write_json(run.summary, summary)
+    dist.barrier()
+    return summary
+
+
+def _teacher_specs(cfg: CompressConfig) -> list[models.ModelSpec]:
+    weights = list(cfg.teacher_weights)
+    if weights and len(weights) != len(cfg.teacher):
+        raise ConfigError(
+            f"--teacher-weights: got {len(weights)} file(s) for {len(cfg.teacher)} --teacher; give one per teacher"
+        )
+    return [models.resolve(name, weights[i] if weights else None, role="teacher") for i, name in enumerate(cfg.teacher)]
+
+
+def _student_weights(cfg: CompressConfig) -> str:
+    """`auto`: ImageNet weights from the hub, or none in the offline demo world."""
+    choice = cfg.student_weights
+    if choice == "auto":
+        return "none" if cfg.teacher == ("demo",) or not cfg.teacher else "hub"
+    return {"imagenet": "hub"}.get(choice, choice)
+
+
+def _check_resume_classes(run: RunDir, classes: list[str]) -> None:
+    if run.data_split.exists():
+        saved = artifacts.read_json(run.data_split).get("classes")
+        if saved != classes:
+            raise DataError(
+                f"{run.data_split}: the checkpoint was trained on classes {saved}, the data has {classes}; "
+                "use the same --data/--classes or another --out"
+            )
+
+
+def _summarise(ctx: TransferContext, student, images, val, seconds: float) -> dict:
+    cfg = ctx.config
+    teacher = None
+    if ctx.teacher_specs:
+        teacher = {
+            "name": "+".join(s.timm_name for s in ctx.teacher_specs),
+            "params": sum(models.count_params(t) for t in ctx.teachers()),
+            "accuracy": ctx.notes.get("teacher_accuracy"),
+        }
+    return {
+        "method": cfg.method,
+        "teacher": teacher,
+        "student": {
+            "name": ctx.student_spec.timm_name,
+            "params": models.count_params(student),
+            "macs": models.count_macs(student, ctx.image_size),
+            "accuracy": evaluate(student, val, ctx.device),
+        },
+        "data": {"train_images": len(images), "val_images": len(val), "classes": len(ctx.classes)},
+        "seconds": round(seconds, 1),
+    }
+
+
+def _write_student(run: RunDir, ctx: TransferContext, student) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in student.model.state_dict().items()}
+    artifacts.atomic_write(run.student_weights, lambda tmp: save_file(state, tmp))
+    card = StudentCard(
+        arch=ctx.student_spec.arch,
+        num_classes=len(ctx.classes),
+        class_names=ctx.classes,
+        input_size=(3, ctx.image_size, ctx.image_size),
+        mean=ctx.student_spec.mean,
+        std=ctx.student_spec.std,
+        teacher="+".join(ctx.config.teacher),
+        method=ctx.config.method,
+    )
+    artifacts.write_json(run.student_card, card.to_json())
+
+
+def _norm(value):
+    return list(value) if isinstance(value, tuple) else value

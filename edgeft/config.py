@@ -1,0 +1,94 @@
+"""Frozen configs for the commands; YAML holds values, overrides are checked by field name."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from edgeft.errors import ConfigError
+from edgeft.registry import unknown_name_message
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Every option of `edgeft compress` (one field per CLI flag)."""
+
+    teacher: tuple[str, ...] = ("bit_m_r50x1",)
+    teacher_weights: tuple[str, ...] = ()
+    student: str = "resnet18"
+    student_weights: str = "auto"
+    data: str = "demo"
+    classes: tuple[str, ...] = ()
+    fraction: float | None = None
+    shots: int | None = None
+    val_fraction: float = 0.2
+    seed: int = 0
+    method: str = "stl"
+    epochs: int | None = None
+    steps: int | None = None
+    batch_size: int = 64
+    lr: float | None = None
+    weight_decay: float | None = None
+    optimizer: str | None = None
+    schedule: str | None = None
+    image_size: int | None = None
+    device: str = "auto"
+    workers: int = 0
+    out: str | None = None
+    resume: bool = False
+    # AFT (methods/aft.py)
+    beta: str = "auto"  # weight of the kernel distance: a number >= 0, or 'auto' (grid 3/10/30 on a hold-out)
+    aft_weights: str = "learned"  # learned | identity (ablation)
+    aft_kernel: str = "linear"  # linear | rbf (ablation)
+    # KDEP (methods/kdep.py)
+    unlabeled: str | None = None  # distillation images; default the labelled train images without labels
+    align: str = "svd"  # svd | linear | channel-select
+    transform: str = "pts"  # pts | none | std-norm
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for YAML (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def build_config(cls: type[C], yaml_path: str | None = None, **overrides: Any) -> C:
+    """Builds `cls` from an optional YAML file, then explicit overrides (None = not given)."""
+    values: dict[str, Any] = {}
+    if yaml_path:
+        values.update(_read_yaml(yaml_path))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            where = f"{yaml_path}: " if yaml_path else ""
+            raise ConfigError(where + unknown_name_message("config key", key, names))
+    for f in dataclasses.fields(cls):
+        if f.name in values and _is_tuple_field(f) and not isinstance(values[f.name], tuple):
+            value = values[f.name]
+            values[f.name] = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    return cls(**values)
+
+
+def config_from_yaml_file(cls: type[C], path: str | Path) -> C:
+    """Reads a config written by `to_dict` back (e.g. the resolved config of a run)."""
+    return build_config(cls, str(path))
+
+
+def _is_tuple_field(f: dataclasses.Field) -> bool:
+    return "tuple" in str(f.type)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of option names to values")
+    return {k.replace("-", "_"): v for k, v in data.items()}

@@ -1,0 +1,1 @@
+"""Bundled demo: an upstream-pretrained teacher and a few-shot downstream set (tools/make_demo.py)."""

@@ -1,0 +1,24 @@
+"""Errors that the CLI turns into one-line messages.
+
+`EdgeftError` is a user mistake or an unmet precondition (exit code 2); the CLI prints
+its message alone, without a traceback.
+"""
+from __future__ import annotations
+
+
+class EdgeftError(Exception):
+    """A user-facing error: one line that says what is wrong and what to do."""
+
+    exit_code = 2
+
+
+class DataError(EdgeftError):
+    """The image data cannot be used as given."""
+
+
+class WeightsError(EdgeftError):
+    """Model weights cannot be found, loaded or matched."""
+
+
+class ConfigError(EdgeftError):
+    """An option or config file value is invalid."""

@@ -1,0 +1,189 @@
+"""What every exporter shares: precisions, tolerances, the export record, the job, the registry.
+
+An exporter turns the run's student into one engine file at one precision, validates it
+against PyTorch on held-out images and returns an `ExportRecord`; an engine that fails its
+tolerance is deleted before the error is raised (DESIGN.md §House style 6).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+from torch import nn
+
+from edgeft.artifacts import RunDir, StudentCard
+from edgeft.errors import EdgeftError, WeightsError
+from edgeft.export.validate import DEFAULT_TOLERANCES, Reference, Runner, Tolerance, compare
+from edgeft.registry import Registry
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """One validated engine: where it is, what it is, and how closely it follows PyTorch.
+
+    `path` is relative to the run directory so that a copied run stays valid.
+    """
+
+    path: str
+    format: str
+    precision: str
+    size_bytes: int
+    images: int
+    max_abs_diff: float
+    cosine: float
+    top1_agreement: float
+    accuracy: float
+    reference_accuracy: float
+    passed: bool
+    validated_with: str
+    versions: dict[str, str | None] = field(default_factory=dict)
+    note: str = ""
+    recipe: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ExportRecord":
+        return cls(**data)
+
+
+@dataclass
+class ExportJob:
+    """The student, its reference outputs and the calibration images, shared by all exports of a run."""
+
+    run: RunDir
+    card: StudentCard
+    model: nn.Module
+    reference: Reference
+    workdir: Path  # intermediates (ONNX variants) that are not engines themselves
+    calibration: Callable[[], np.ndarray]  # normalised calibration images, read on first use
+    onnx_source: Path | None = None  # a user-given fp32 ONNX to start from instead of exporting
+    cache: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def engines(self) -> Path:
+        return self.run.engines
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.run.root).as_posix()
+
+
+class Exporter(ABC):
+    """One engine format. Subclasses write the engine and name the runner that validates it."""
+
+    name: ClassVar[str] = ""
+    suffix: ClassVar[str] = ""
+    tolerances: ClassVar[dict[str, Tolerance]] = DEFAULT_TOLERANCES
+
+    @abstractmethod
+    def export(self, job: ExportJob, precision: str) -> ExportRecord:
+        """Writes, validates and describes the engine of `precision` (raises and deletes on failure)."""
+
+    @abstractmethod
+    def versions(self) -> dict[str, str | None]:
+        """Versions of the libraries that built and ran the engine."""
+
+    def engine_path(self, job: ExportJob, precision: str) -> Path:
+        return job.engines / self.name / f"model-{precision}{self.suffix}"
+
+    def finish(
+        self,
+        job: ExportJob,
+        precision: str,
+        files: list[Path],
+        runner: Runner,
+        validated_with: str,
+        **extra: Any,
+    ) -> ExportRecord:
+        """Validates `runner` against PyTorch; keeps `files` (first is the engine) only if it passes."""
+        try:
+            figures = compare(runner, job.reference, job.card)
+        except Exception:
+            remove(files)
+            raise
+        tol = self.tolerances[precision]
+        failures = figures.failures(tol)
+        if failures:
+            remove(files)
+            raise EdgeftError(
+                f"{self.name} {precision} export failed validation against PyTorch on {figures.images} "
+                f"held-out images ({'; '.join(failures)}); the engine was deleted"
+                + (" — try more --calib images or use fp16" if precision == "int8" else "")
+            )
+        record = ExportRecord(
+            path=job.relative(files[0]), format=self.name, precision=precision,
+            size_bytes=sum(f.stat().st_size for f in files), images=figures.images,
+            max_abs_diff=figures.max_abs_diff, cosine=figures.cosine, top1_agreement=figures.top1_agreement,
+            accuracy=figures.accuracy, reference_accuracy=figures.reference_accuracy, passed=True,
+            validated_with=validated_with, versions=self.versions(), **extra,
+        )
+        log.info("%s %s: top-1 agreement %.4f, max |Δ| %.2e", self.name, precision,
+                 record.top1_agreement, record.max_abs_diff)
+        return record
+
+
+EXPORTERS: Registry[type[Exporter]] = Registry("format")
+
+
+def remove(paths: list[Path]) -> None:
+    """Deletes engine files (and folders) so that nothing invalid is left looking valid."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def load_student(run: RunDir) -> tuple[StudentCard, nn.Module]:
+    """Rebuilds the student from its card with timm and loads its weights (eval mode, CPU)."""
+    import timm
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    card = run.read_card()
+    try:
+        model = timm.create_model(card.arch, pretrained=False, num_classes=card.num_classes, exportable=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{run.student_card}: cannot build the student '{card.arch}' with timm ({exc})") from None
+    try:
+        state = load_file(str(run.student_weights))
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"{run.student_weights}: cannot read the student weights ({exc})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        example = (missing or unexpected)[0]
+        raise WeightsError(
+            f"{run.student_weights}: weights do not fit {card.arch} with {card.num_classes} classes "
+            f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {example!r})"
+        )
+    return card, model.eval()
+
+
+def library_version(module: str) -> str | None:
+    """The installed version of a distribution, or None when it is absent."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(module)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def require(module: str, extra: str):
+    """Imports an optional dependency or fails with the install command (DESIGN.md §House style 9)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise EdgeftError(f"{module} is not installed: pip install 'edgeft[{extra}]'") from None

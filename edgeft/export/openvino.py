@@ -1,0 +1,69 @@
+"""OpenVINO IR (.xml + .bin) from the fp32 ONNX: fp32, fp16 weight compression, NNCF INT8.
+
+INT8 is NNCF post-training quantization (symmetric, the OpenVINO default preset) on the
+run's calibration images. Validation compiles the IR on the CPU plugin with an explicit
+inference precision (f32; f16 for the fp16 IR where the CPU computes in f16), so that the
+figures do not depend on the host's bf16 default.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from edgeft.export.base import EXPORTERS, Exporter, ExportJob, ExportRecord, library_version, require
+from edgeft.export.onnx import onnx_variant
+
+log = logging.getLogger(__name__)
+
+
+@EXPORTERS.register("openvino", aliases=("ov",))
+class OpenVinoExporter(Exporter):
+    """OpenVINO IR for Intel CPUs, GPUs and NPUs."""
+
+    name = "openvino"
+    suffix = ".xml"
+
+    def export(self, job: ExportJob, precision: str) -> ExportRecord:
+        ov = require("openvino", "openvino")
+        model = ov.convert_model(str(onnx_variant(job, "fp32")))
+        if precision == "int8":
+            model = _quantize(model, job)
+        model.set_rt_info(json.dumps(job.card.to_json()), ["edgeft", "card"])
+        files = save_ir(model, self.engine_path(job, precision), compress_to_fp16=precision == "fp16")
+        core = ov.Core()
+        hint = "f16" if precision == "fp16" and "FP16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+        compiled = core.compile_model(str(files[0]), "CPU", {"INFERENCE_PRECISION_HINT": hint})
+        return self.finish(job, precision, files, lambda batch: compiled(batch)[0],
+                           f"openvino {library_version('openvino')} CPU, inference precision {hint}")
+
+    def versions(self) -> dict[str, str | None]:
+        return {name: library_version(name) for name in ("torch", "onnx", "openvino", "nncf")}
+
+
+def save_ir(model, xml: Path, compress_to_fp16: bool) -> list[Path]:
+    """Saves the IR pair next to each other and moves both into place (weights first)."""
+    ov = require("openvino", "openvino")
+    staging = xml.parent / f".{xml.stem}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        ov.save_model(model, str(staging / xml.name), compress_to_fp16=compress_to_fp16)
+        bin_path = xml.with_suffix(".bin")
+        os.replace(staging / bin_path.name, bin_path)
+        os.replace(staging / xml.name, xml)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [xml, bin_path]
+
+
+def _quantize(model, job: ExportJob):
+    """NNCF post-training INT8 on the calibration images, one image per statistics step."""
+    nncf = require("nncf", "openvino")
+    nncf.set_log_level(logging.ERROR)
+    images = job.calibration()
+    dataset = nncf.Dataset([images[i : i + 1] for i in range(len(images))])
+    return nncf.quantize(model, dataset, subset_size=len(images))
+

@@ -1,0 +1,164 @@
+"""The one image reader behind calibration and validation, and ONNX Runtime static INT8.
+
+Images come from the run itself: `data_split.json` names the source (a folder or a zip) and
+the train/val files inside it. They are decoded the way `edgeft compress` evaluates (short
+side resized to the input size with bicubic filtering, centre crop), kept as uint8 in
+`calib.npz` / `ref.npz`, and normalised with the card's mean/std only when fed to a model.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edgeft.artifacts import RunDir, StudentCard, atomic_write, read_json
+from edgeft.errors import DataError, EdgeftError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_SEED = 0  # which images calibrate and validate stays fixed across exports of a run
+
+
+def read_split(run: RunDir, split: str, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `count` images of `split` ('train' or 'val') as uint8 N×3×size×size, with labels.
+
+    A seeded shuffle picks the images so that every class is represented; unreadable images
+    are skipped with a warning.
+    """
+    if not run.data_split.exists():
+        raise DataError(f"{run.data_split}: not found; the run lists no images to calibrate or validate with")
+    split_info = read_json(run.data_split)
+    classes, files = split_info.get("classes", []), split_info.get(split, [])
+    source = Path(split_info.get("source", ""))
+    if not source.exists():
+        raise DataError(
+            f"{run.data_split}: its image source {source} is gone; restore it or fix 'source' in the file"
+        )
+    order = np.random.default_rng(SAMPLE_SEED).permutation(len(files))
+    chosen = [files[i] for i in order[:count]]
+    images, labels, bad = [], [], 0
+    with _Opener(source) as opener:
+        for name in chosen:
+            image = decode(opener.read(name), size)
+            if image is None:
+                bad += 1
+                continue
+            images.append(image)
+            labels.append(label_of(name, classes))
+    if bad:
+        log.warning("skipped %d unreadable %s images of %s", bad, split, source)
+    if not images:
+        return np.zeros((0, 3, size, size), np.uint8), np.zeros((0,), np.int64)
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def decode(data: bytes, size: int) -> np.ndarray | None:
+    """Decodes one image as compress evaluates it: bicubic short-side resize, centre crop, CHW uint8."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = img.convert("RGB")
+            scale = size / min(img.size)
+            if scale != 1.0:
+                img = img.resize(
+                    (max(size, round(img.width * scale)), max(size, round(img.height * scale))), Image.BICUBIC
+                )
+            array = np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    height, width = array.shape[:2]
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    return np.ascontiguousarray(array[top : top + size, left : left + size].transpose(2, 0, 1))
+
+
+def label_of(path: str, classes: list[str]) -> int:
+    """The class of a stored path: its deepest folder that is a class name."""
+    for part in reversed(path.split("/")[:-1]):
+        if part in classes:
+            return classes.index(part)
+    raise DataError(f"data_split.json: '{path}' lies in no class folder of {classes}")
+
+
+def normalise(images: np.ndarray, card: StudentCard) -> np.ndarray:
+    """uint8 N×3×H×W → the float32 input the engines take: (x / 255 − mean) / std."""
+    mean = np.asarray(card.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(card.std, np.float32).reshape(1, 3, 1, 1)
+    return ((images.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+
+
+def calibration_images(run: RunDir, card: StudentCard, count: int) -> np.ndarray:
+    """`count` training images for INT8 calibration, saved to calib.npz, returned normalised."""
+    if count < 1:
+        raise EdgeftError(f"--calib {count}: int8 needs calibration images; pass --calib N with N >= 1 (e.g. 256)")
+    images, labels = read_split(run, "train", count, card.input_size[-1])
+    if len(images) == 0:
+        raise DataError(f"{run.data_split}: no readable training images to calibrate int8 with")
+    save_npz(run.root / "calib.npz", images=images, labels=labels)
+    log.info("calibrating int8 on %d training images", len(images))
+    return normalise(images, card)
+
+
+def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, input_name: str) -> None:
+    """Static INT8 with explicit Q/DQ nodes, symmetric and per channel.
+
+    Symmetric signed INT8 is what TensorRT's explicit quantization accepts, so the same
+    file serves ONNX Runtime and a TensorRT build; MinMax calibration over the images.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(np.split(calibration, range(16, len(calibration), 16)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {input_name: batch}
+
+    prepared = dst.with_name(dst.stem + ".pre.onnx")
+    try:
+        quant_pre_process(str(src), str(prepared))
+        quantize_static(
+            str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Atomically writes arrays to an uncompressed .npz."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+    atomic_write(path, write)
+
+
+class _Opener:
+    """Reads stored paths from a folder or a zip (the source of data_split.json)."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        try:
+            self._zip = zipfile.ZipFile(source) if source.is_file() else None
+        except zipfile.BadZipFile:
+            raise DataError(f"{source}: the run's image source is not a folder or a readable zip") from None
+
+    def read(self, name: str) -> bytes:
+        try:
+            return self._zip.read(name) if self._zip else (self.source / name).read_bytes()
+        except (KeyError, OSError):
+            raise DataError(f"{self.source}: '{name}' listed in data_split.json is missing") from None
+
+    def __enter__(self) -> "_Opener":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._zip:
+            self._zip.close()

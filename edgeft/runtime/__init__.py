@@ -1,0 +1,54 @@
+"""Inference engines behind one interface, and `load(path)` that picks the backend.
+
+No module here imports torch at import time (the torch backend does so inside its
+methods): an edge device runs `edgeft.runtime` with numpy and its own runtime only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeft.errors import EdgeftError
+from edgeft.registry import Registry
+from edgeft.runtime.base import Engine, EngineOptions, InputSpec, preprocess
+from edgeft.runtime.onnxrt import OrtEngine
+from edgeft.runtime.openvino import OpenVinoEngine
+from edgeft.runtime.pytorch import TorchEngine
+from edgeft.runtime.tensorrt import TensorRtEngine
+
+BACKENDS: Registry[type[Engine]] = Registry("backend")
+BACKENDS.add("onnxruntime", OrtEngine, aliases=("ort", "onnx"))
+BACKENDS.add("openvino", OpenVinoEngine, aliases=("ov",))
+BACKENDS.add("tensorrt", TensorRtEngine, aliases=("trt",))
+BACKENDS.add("torch", TorchEngine, aliases=("pytorch",))
+
+# What each backend can open besides its own files (ONNX is read by OpenVINO, built by TensorRT).
+ALSO_OPENS = {"openvino": (".onnx",), "tensorrt": (".onnx",)}
+
+__all__ = ["BACKENDS", "Engine", "EngineOptions", "InputSpec", "backend_for", "load", "preprocess"]
+
+
+def backend_for(path: str | Path) -> str:
+    """The backend that opens `path` by its file type (a directory is a run: torch)."""
+    path = Path(path)
+    if path.is_dir():
+        return "torch"
+    for name in BACKENDS:
+        if path.suffix.lower() in BACKENDS.get(name).suffixes:
+            return name
+    known = sorted({s for n in BACKENDS for s in BACKENDS.get(n).suffixes})
+    raise EdgeftError(f"{path}: unknown engine type {path.suffix!r}; expected one of {', '.join(known)} or a run directory")
+
+
+def load(path: str | Path, backend: str | None = None, options: EngineOptions | None = None) -> Engine:
+    """An (unopened) engine for `path`: `with load(p) as engine: engine.infer(x)`."""
+    path = Path(path)
+    if not path.exists():
+        raise EdgeftError(f"{path}: file not found")
+    name = BACKENDS.canonical(backend) if backend else backend_for(path)
+    cls = BACKENDS.get(name)
+    opens = cls.suffixes + ALSO_OPENS.get(name, ())
+    if name != "torch" and path.suffix.lower() not in opens:
+        raise EdgeftError(f"--backend {name}: cannot open {path.name}; it takes {', '.join(opens)} files")
+    if not cls.available():
+        raise EdgeftError(f"--backend {name}: {cls.module} is not installed: pip install '{cls.install}'")
+    return cls(path, options)

@@ -1,0 +1,118 @@
+"""ONNX Runtime backend: CPU execution provider, CUDA/TensorRT providers when present."""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeft.errors import EdgeftError
+from edgeft.runtime.base import DTYPES, Engine, InputSpec, median_by_layer
+
+log = logging.getLogger(__name__)
+
+GPU_PROVIDERS = ("CUDAExecutionProvider",)
+
+
+def card_from_metadata(meta: dict[str, str]) -> dict[str, Any]:
+    """The student-card fields (mean, std, precision, …) stored as ONNX/IR metadata.
+
+    Accepts one JSON value per key ("mean": "[0.5, …]") and a whole card under
+    "edgeft.card" / "card"; unknown keys are ignored.
+    """
+    fields: dict[str, Any] = {}
+    for key in ("edgeft.card", "card", "student_card"):
+        if key in meta:
+            try:
+                fields.update(json.loads(meta[key]))
+            except json.JSONDecodeError:
+                log.warning("metadata %r is not JSON; ignored", key)
+    for key, value in meta.items():
+        short = key.split(".")[-1]
+        if short in ("mean", "std", "input_size", "precision", "class_names", "arch"):
+            try:
+                fields[short] = json.loads(value)
+            except json.JSONDecodeError:
+                fields[short] = value
+    return fields
+
+
+class OrtEngine(Engine):
+    """An ONNX model in an onnxruntime InferenceSession."""
+
+    name = "onnxruntime"
+    suffixes = (".onnx",)
+    module = "onnxruntime"
+    install = "onnxruntime"
+    layer_profiler = "onnxruntime session profiling (Node *_kernel_time events)"
+
+    def open(self) -> None:
+        self._session = self._new_session(profile_dir=None)
+        first = self._session.get_inputs()[0]
+        meta = card_from_metadata(self._session.get_modelmeta().custom_metadata_map)
+        self._meta = meta
+        shape = tuple(d if isinstance(d, int) else None for d in first.shape)
+        self._spec = InputSpec(first.name, shape, DTYPES.get(first.type, "float32"),
+                               _triple(meta.get("mean")), _triple(meta.get("std")))
+        self._output = self._session.get_outputs()[0].name
+
+    def _new_session(self, profile_dir: str | None):
+        ort = self.require()
+        opts = ort.SessionOptions()
+        if self.options.threads:
+            opts.intra_op_num_threads = self.options.threads
+            opts.inter_op_num_threads = 1
+        if profile_dir:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(Path(profile_dir) / "ort")
+        try:
+            return ort.InferenceSession(str(self.path), opts, providers=self._providers(ort))
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise EdgeftError(f"{self.path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
+
+    def _providers(self, ort) -> list[str]:
+        available = ort.get_available_providers()
+        device = self.options.device
+        if device == "cuda" and not any(p in available for p in GPU_PROVIDERS):
+            raise EdgeftError("--device cuda: onnxruntime has no CUDA provider here; pip install onnxruntime-gpu")
+        wanted = [p for p in GPU_PROVIDERS if p in available] if device in ("auto", "cuda") else []
+        return [*wanted, "CPUExecutionProvider"]
+
+    def close(self) -> None:
+        self._session = None
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self._spec
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run([self._output], {self._spec.name: batch})[0]
+
+    def precision(self) -> str | None:
+        return self._meta.get("precision") or ("fp16" if self._spec.dtype == "float16" else None)
+
+    def layer_times(self, batch: np.ndarray, runs: int) -> list[dict] | None:
+        """Runs a second, profiling session; drops each node's first (warm-up) event."""
+        with tempfile.TemporaryDirectory(prefix="edgeft-ort-") as tmp:
+            session = self._new_session(profile_dir=tmp)
+            for _ in range(runs + 1):
+                session.run([self._output], {self._spec.name: batch})
+            trace = json.loads(Path(session.end_profiling()).read_text())
+        per_node: dict[str, list[tuple[str, str, float]]] = {}
+        for event in trace:
+            name = event.get("name", "")
+            if event.get("cat") == "Node" and name.endswith("_kernel_time"):
+                node = name[: -len("_kernel_time")]
+                per_node.setdefault(node, []).append((node, event.get("args", {}).get("op_name", ""), event["dur"] / 1e3))
+        by_run = [[events[i] for events in per_node.values() if i < len(events)] for i in range(1, runs + 1)]
+        return median_by_layer(by_run)
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "providers": self._session.get_providers() if self._session else None}
+
+
+def _triple(value: Any) -> tuple[float, ...] | None:
+    return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) and value else None

@@ -1,0 +1,175 @@
+"""Latency profiling of any engine: warm-up, timed runs, percentiles, batch sweep, memory, layers.
+
+What a figure covers (ECOSYSTEM.md pain point 8): `engine.infer` on a prepared,
+normalised batch — host↔device copies included, image decoding and preprocessing not.
+Timed runs continue until both `iterations` runs and `seconds` have passed; every raw
+sample is kept in the record.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeft.errors import ConfigError
+from edgeft.runtime import Engine, EngineOptions, load
+
+COVERS = "engine.infer on a prepared normalised batch (host-device copies included; no decoding/preprocessing)"
+SWEEP_GAIN = 1.05  # a batch size must raise throughput by 5 % to count as an improvement
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """How to measure (the `edgeft profile` flags)."""
+
+    batch: int = 1
+    warmup: int = 10
+    iterations: int = 50
+    seconds: float = 2.0
+    threads: int | None = None
+    sweep: bool = True
+    max_batch: int = 64
+    layers: bool = True
+    layer_runs: int = 10
+
+    def check(self) -> None:
+        for flag, value in (("--batch", self.batch), ("--iterations", self.iterations), ("--max-batch", self.max_batch)):
+            if value < 1:
+                raise ConfigError(f"{flag} {value}: must be >= 1")
+        if self.warmup < 0 or self.seconds < 0:
+            raise ConfigError("--warmup and --seconds must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads {self.threads}: must be >= 1")
+
+
+class MemoryMeter:
+    """Peak resident memory of this process, sampled every few ms by a thread (Linux /proc)."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.interval_s = interval_s
+        self.before = self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __enter__(self) -> "MemoryMeter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    def to_json(self) -> dict[str, Any]:
+        mb = 2**20
+        return {"rss_before_mb": round(self.before / mb, 1), "peak_rss_mb": round(self.peak / mb, 1),
+                "peak_increase_mb": round((self.peak - self.before) / mb, 1),
+                "method": "resident set size sampled every 2 ms" if _PROC_STATM.exists() else "ru_maxrss"}
+
+
+_PROC_STATM = Path("/proc/self/statm")
+
+
+def _rss_bytes() -> int:
+    if _PROC_STATM.exists():
+        return int(_PROC_STATM.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if platform.system() == "Darwin" else 1024)
+
+
+def time_loop(engine: Engine, batch: np.ndarray, warmup: int, iterations: int, seconds: float) -> list[float]:
+    """Latencies in ms of runs after `warmup`, until >= `iterations` runs and >= `seconds`."""
+    for _ in range(warmup):
+        engine.infer(batch)
+    samples: list[float] = []
+    began = time.perf_counter()
+    while len(samples) < iterations or time.perf_counter() - began < seconds:
+        start = time.perf_counter()
+        engine.infer(batch)
+        samples.append((time.perf_counter() - start) * 1e3)
+    return samples
+
+
+def stats(samples_ms: list[float]) -> dict[str, float]:
+    """p50/p90/p99, mean, std, min, max of latency samples (ms)."""
+    a = np.asarray(samples_ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {k: round(float(v), 4) for k, v in
+            {"p50": p50, "p90": p90, "p99": p99, "mean": a.mean(), "std": a.std(), "min": a.min(), "max": a.max()}.items()}
+
+
+def batch_sweep(engine: Engine, cfg: ProfileConfig) -> list[dict]:
+    """Throughput at batch 1, 2, 4, … until it stops improving (or the engine refuses the size)."""
+    spec, rows, best = engine.input_spec, [], 0.0
+    size = 1
+    while size <= cfg.max_batch and spec.accepts(size):
+        samples = time_loop(engine, spec.example(size), 2, max(5, cfg.iterations // 5), cfg.seconds / 4)
+        p50 = float(np.median(samples))
+        ips = size / (p50 / 1e3)
+        rows.append({"batch": size, "latency_ms_p50": round(p50, 4), "images_per_s": round(ips, 2)})
+        if ips < best * SWEEP_GAIN:
+            break
+        best = max(best, ips)
+        size *= 2
+    return rows
+
+
+def profile_engine(path: str | Path, backend: str | None = None, cfg: ProfileConfig = ProfileConfig(),
+                   device: str = "auto") -> dict[str, Any]:
+    """Measures one engine file on this machine; returns the JSON record (label 'measured')."""
+    cfg.check()
+    with MemoryMeter() as memory:
+        began = time.perf_counter()
+        engine = load(path, backend, EngineOptions(threads=cfg.threads, device=device))
+        with engine:
+            loaded = time.perf_counter()
+            spec = engine.input_spec
+            x = spec.example(cfg.batch)
+            engine.infer(x)
+            first = time.perf_counter()
+            samples = time_loop(engine, x, cfg.warmup, cfg.iterations, cfg.seconds)
+            sweep = batch_sweep(engine, cfg) if cfg.sweep and spec.dynamic_batch else []
+            layers = engine.layer_times(x, cfg.layer_runs) if cfg.layers else None
+            info, precision = engine.info(), engine.precision()
+    best = max(sweep, key=lambda r: r["images_per_s"]) if sweep else None
+    return {
+        "label": "measured",
+        "engine": str(path),
+        "backend": engine.name,
+        "precision": precision,
+        "input": {**spec.to_json(), "batch": cfg.batch},
+        "config": asdict(cfg),
+        "covers": COVERS,
+        "load_ms": round((loaded - began) * 1e3, 3),
+        "first_inference_ms": round((first - loaded) * 1e3, 3),
+        "latency_ms": stats(samples),
+        "iterations": len(samples),
+        "throughput": {"images_per_s": round(float(cfg.batch / (np.median(samples) / 1e3)), 2), "sweep": sweep, "best": best},
+        "memory": memory.to_json(),
+        "layers": layers,
+        "layer_profiler": engine.layer_profiler if layers is not None else None,
+        "runtime": info,
+        "host": host_info(),
+        "samples_ms": [round(s, 4) for s in samples],
+    }
+
+
+def host_info() -> dict[str, Any]:
+    """This machine: CPU model, cores, OS, Python and numpy versions."""
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "system": platform.platform(),
+            "python": platform.python_version(), "numpy": np.__version__, "hostname": platform.node()}

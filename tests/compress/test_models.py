@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from edgeft.compress import models
+from edgeft.errors import WeightsError
+
+
+def test_paper_alias_resolves_to_timm_name_and_preprocessing():
+    spec = models.resolve("bit_m_r50x1", None, role="teacher")
+    assert spec.timm_name == "resnetv2_50x1_bit.goog_in21k"
+    assert spec.arch == "resnetv2_50x1_bit"
+    assert spec.mean == (0.5, 0.5, 0.5) and spec.weights == "hub"
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(WeightsError, match=r"--teacher resnet181: unknown model \(did you mean 'resnet18'"):
+        models.resolve("resnet181", None, role="teacher")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_local_weights_load_and_a_new_head_is_kept(tmp_path, suffix):
+    source = timm.create_model("resnet10t", num_classes=7)
+    path = tmp_path / f"w{suffix}"
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save({"state_dict": state}, path)
+    spec = models.resolve("resnet10t", str(path), role="student")
+    model = models.create(spec, num_classes=3, role="student")
+    assert torch.equal(model.model.conv1[0].weight, source.conv1[0].weight)
+    assert model.model.fc.out_features == 3
+    backbone = models.create(spec, num_classes=0, role="teacher")
+    assert backbone.features(torch.rand(2, 3, 32, 32)).shape == (2, backbone.num_features)
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("resnet18").state_dict().items()}, str(path))
+    with pytest.raises(WeightsError, match="weights do not fit"):
+        models.create(models.resolve("resnet10t", str(path), role="teacher"), 0, role="teacher")
+
+
+def test_corrupt_weights_file_is_one_line_error(tmp_path):
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"garbage")
+    with pytest.raises(WeightsError, match="--teacher-weights .*cannot read weights"):
+        models.create(models.resolve("resnet10t", str(path), role="teacher"), 0, role="teacher")
+
+
+def test_offline_hub_fails_fast_naming_the_flag(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    code = ("from edgeft.compress import models\n"
+            "spec = models.resolve('bit_m_r50x1', None, role='teacher')\n"
+            "models.create(spec, 0, role='teacher')\n")
+    began = time.time()
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "--teacher-weights" in proc.stderr and "unreachable" in proc.stderr
+    assert time.time() - began < 60  # generous: the 5 s bound is on the CLI, checked in test_cli
+
+
+def test_macs_and_params_of_resnet18():
+    model = models.create(models.resolve("resnet18", "none", role="student"), 10, role="student")
+    assert models.count_params(model) == sum(p.numel() for p in timm.create_model("resnet18", num_classes=10).parameters())
+    assert 1.7e9 < models.count_macs(model, 224) < 1.9e9  # ResNet-18: 1.8 GMACs at 224 px

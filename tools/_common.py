@@ -1,0 +1,49 @@
+"""Helpers shared by the tools/ scripts: paths, the standard split, provenance of a benchmark run."""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CIFAR_ZIP = ROOT.parent / "shared" / "data" / "cifar10-jpg.zip"
+CACHE = ROOT / ".cache"
+RESULTS = ROOT / "results"
+UPSTREAM_CLASSES = ("airplane", "automobile", "ship", "truck", "horse")
+DOWNSTREAM_CLASSES = ("bird", "cat", "deer", "dog", "frog")
+DOWNSTREAM_FRACTION = 0.1  # 500 images per class
+
+
+def require_cifar(path: Path = CIFAR_ZIP) -> Path:
+    """The shared CIFAR-10 zip, or a clear exit when it is absent."""
+    if not path.exists():
+        sys.exit(f"skipped: {path} is absent (the benchmark needs ../shared/data/cifar10-jpg.zip)")
+    return path
+
+
+def provenance(seed: int | None = None) -> dict:
+    """Command, seed, hardware and versions for a results file."""
+    import torch
+    import timm
+
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "seed": seed,
+        "hardware": {"cpu": cpu, "threads": torch.get_num_threads(),
+                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__},
+        "commit": commit,
+    }
+
+
+def dump_json(path: Path, data: dict) -> None:
+    from edgeft import artifacts
+
+    artifacts.write_text(path, json.dumps(data, indent=2) + "\n")

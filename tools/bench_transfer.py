@@ -1,0 +1,158 @@
+"""Transfer benchmark on the standard upstream/downstream split of the shared CIFAR-10.
+
+    python tools/bench_transfer.py            # every row × 3 seeds (cached rows are reused)
+    python tools/bench_transfer.py --quick    # 1 seed, short schedules, into results/transfer-quick.*
+    python tools/bench_transfer.py --rows stl,kd
+
+Upstream teacher: resnetv2_50x1_bit (the BiT-M-R50x1 architecture) pretrained by
+tools/pretrain_teacher.py on the upstream classes; downstream: 10% of the downstream classes'
+train images (stratified, per seed), evaluated on all their 5,000 test images; 32 px.
+Each (row, seed) is stored in results/transfer.json as soon as it finishes.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    CACHE, DOWNSTREAM_CLASSES, DOWNSTREAM_FRACTION, RESULTS, dump_json, provenance, require_cifar,
+)
+from pretrain_teacher import pretrain  # noqa: E402
+
+from edgeft import artifacts  # noqa: E402
+from edgeft.cli import RichProgress  # noqa: E402
+from edgeft.compress.pipeline import run_compress  # noqa: E402
+from edgeft.config import CompressConfig  # noqa: E402
+
+TEACHER_ARCH = "resnetv2_50x1_bit"
+STUDENT_ARCH = "resnet18"
+TEACHER_EPOCHS, STUDENT_UPSTREAM_EPOCHS = 8, 15
+SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One benchmark row: which model is trained, from which init, by which method."""
+
+    name: str
+    method: str
+    model: str = "student"  # student (resnet18) | teacher (the upstream BiT itself)
+    init: str = "scratch"  # scratch | upstream (pretrained on the upstream classes: the ImageNet analogue)
+    uses_teacher: bool = False
+    epochs: int = 20
+    options: dict = field(default_factory=dict)  # extra CompressConfig fields (method ablations)
+    note: str = ""
+
+
+ROWS: list[Row] = [
+    Row("teacher lp", "lp", model="teacher", init="upstream", note="BiT-R50x1 frozen, new head"),
+    Row("teacher fine-tune", "stl", model="teacher", init="upstream", epochs=8, note="BiT-R50x1, all layers"),
+    Row("scratch", "stl", init="scratch", note="resnet18 from random init"),
+    Row("stl", "stl", init="upstream", note="upstream-pretrained resnet18, fine-tuned (the 'ImageNet-pretrained' row)"),
+    Row("lp", "lp", init="upstream", note="upstream-pretrained resnet18, frozen, new head"),
+    Row("kd", "kd", init="scratch", uses_teacher=True, note="Hinton KD from the probed teacher, random-init student"),
+    Row("fkd", "fkd", init="scratch", uses_teacher=True, note="feature KD + fine-tune, random-init student (papers' KD)"),
+]
+
+
+def run_row(row: Row, seed: int, quick: bool) -> dict:
+    """Runs (or reuses) one row for one seed; returns its figures."""
+    teacher_run = pretrain(TEACHER_ARCH, TEACHER_EPOCHS)
+    weights = {"teacher": teacher_run / "student" / "model.safetensors"}
+    if row.init == "upstream" and row.model == "student":
+        weights["student"] = pretrain(STUDENT_ARCH, STUDENT_UPSTREAM_EPOCHS) / "student" / "model.safetensors"
+    out = CACHE / ("bench-quick" if quick else "bench") / row.name.replace(" ", "-") / f"seed{seed}"
+    run = artifacts.RunDir(out)
+    if not run.summary.exists():
+        cfg = CompressConfig(
+            teacher=(TEACHER_ARCH,) if row.uses_teacher else (),
+            teacher_weights=(str(weights["teacher"]),) if row.uses_teacher else (),
+            student=TEACHER_ARCH if row.model == "teacher" else STUDENT_ARCH,
+            student_weights=str(weights["teacher"] if row.model == "teacher" else weights.get("student", "none")),
+            data=str(require_cifar()), classes=DOWNSTREAM_CLASSES, fraction=DOWNSTREAM_FRACTION,
+            method=row.method, epochs=2 if quick else row.epochs, image_size=32, seed=seed, out=str(out),
+            resume=run.config.exists(), **row.options,
+        )
+        run_compress(cfg, progress=RichProgress)
+    summary = artifacts.read_json(run.summary)
+    return {
+        "accuracy": summary["student"]["accuracy"],
+        "teacher_accuracy": (summary.get("teacher") or {}).get("accuracy"),
+        "seconds": summary["seconds"],
+        "train_images": summary["data"]["train_images"],
+        "val_images": summary["data"]["val_images"],
+    }
+
+
+def markdown(results: dict, rows: list[Row]) -> str:
+    """The results table (mean ± std over seeds) with the provenance of the run."""
+    prov = results["provenance"]
+    stl = _accuracies(results, "stl")
+    lines = [
+        "# Transfer benchmark (CIFAR-10 upstream/downstream split)",
+        "",
+        f"Upstream teacher {TEACHER_ARCH} pretrained on airplane/automobile/ship/truck/horse; downstream "
+        f"bird/cat/deer/dog/frog with {DOWNSTREAM_FRACTION:.0%} of their train images per seed, evaluated on all "
+        "5,000 downstream test images at 32 px. Student resnet18.",
+        "",
+        "| row | method | init | top-1 % (mean ± std) | error vs stl | seeds | s / run | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        accs = _accuracies(results, row.name)
+        if not accs:
+            continue
+        mean = statistics.mean(accs)
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        rel = ""
+        if stl and row.name != "stl":
+            err_stl = 1 - statistics.mean(stl)
+            rel = f"{((1 - mean) - err_stl) / err_stl:+.1%}"
+        secs = statistics.mean(r["seconds"] for r in _runs(results, row.name))
+        init = "BiT (upstream)" if row.model == "teacher" else row.init
+        lines.append(f"| {row.name} | {row.method} | {init} | {100 * mean:.2f} ± {100 * std:.2f} | {rel} | "
+                     f"{len(accs)} | {secs:.0f} | {row.note} |")
+    lines += ["", f"Command: `{prov['command']}`; seeds {prov['seed']}; hardware {prov['hardware']}; "
+              f"versions {prov['versions']}; commit {prov['commit']}.", ""]
+    return "\n".join(lines)
+
+
+def _runs(results: dict, name: str) -> list[dict]:
+    return [v for k, v in results["runs"].items() if k.rsplit("/", 1)[0] == name]
+
+
+def _accuracies(results: dict, name: str) -> list[float]:
+    return [r["accuracy"] for r in _runs(results, name)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 seed, 2-epoch schedules (smoke check)")
+    parser.add_argument("--rows", help="comma-separated row names (default: all)")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    args = parser.parse_args()
+    rows = ROWS if not args.rows else [r for r in ROWS if r.name in args.rows.split(",")]
+    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    stem = "transfer-quick" if args.quick else "transfer"
+    path = RESULTS / f"{stem}.json"
+    results = artifacts.read_json(path) if path.exists() else {"runs": {}}
+    for row in rows:
+        for seed in seeds:
+            key = f"{row.name}/{seed}"
+            if key not in results["runs"]:
+                results["runs"][key] = run_row(row, seed, args.quick)
+                results["provenance"] = provenance(seeds)
+                dump_json(path, results)
+                print(f"{key}: {results['runs'][key]['accuracy']:.2%}")
+    results["provenance"] = provenance(seeds)
+    dump_json(path, results)
+    artifacts.write_text(RESULTS / f"{stem}.md", markdown(results, ROWS))
+    print(RESULTS / f"{stem}.md")
+
+
+if __name__ == "__main__":
+    main()
