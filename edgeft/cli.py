@@ -18,16 +18,18 @@ class RichProgress:
     """The training loop's progress sink: one rich bar per stage with loss, accuracy and ETA."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        self._bar = None
+        self._task = None
+
+    def start(self, stage: str, total: int) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
         self._bar = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=console, transient=False,
+            console=console,
         )
-        self._task = None
-
-    def start(self, stage: str, total: int) -> None:
         self._bar.start()
         self._task = self._bar.add_task(stage, total=total, info="")
 
@@ -97,7 +99,11 @@ def _method_names() -> list[str]:
 @click.option("--workers", type=int, help="Data-loader worker processes [0].")
 @click.option("--out", help="Run directory [runs/<time>-<method>].")
 @click.option("--resume/--no-resume", default=None, help="Continue the run in --out from its last checkpoint.")
-@click.option("--beta", help="aft: weight of the kernel distance, a number >= 0 or 'auto' (3/10/30 on a 10% hold-out) [auto].")
+@click.option("--kernels", type=click.Choice(["auto", "cuda", "torch"]), help="Loss kernels: fused CUDA (cuda), PyTorch reference (torch), or cuda where it runs (auto) [auto].")
+@click.option("--format", "formats", help="Export right after compressing: comma-separated onnx, openvino, tensorrt.")
+@click.option("--precision", "precisions", help="Precisions of those exports: comma-separated fp32, fp16, int8 [fp32].")
+@click.option("--target", help="Deploy to this device (see `edgeft targets`): export its formats, profile, write the report.")
+@click.option("--beta", help="aft: weight of the kernel distance, a number >= 0, or 'auto' to pick 3/10/30 on a 10% hold-out (~4x the training) [10].")
 @click.option("--aft-weights", type=click.Choice(["learned", "identity"]), help="aft: learned feature weights or identity (ablation) [learned].")
 @click.option("--aft-kernel", type=click.Choice(["linear", "rbf"]), help="aft: batch kernel (rbf: ablation) [linear].")
 @click.option("--unlabeled", help="kdep: directory or .zip of distillation images [the labelled train images, labels unused].")
@@ -111,11 +117,73 @@ def compress(ctx: click.Context, config_file: str | None, **options: Any) -> Non
 
     explicit = _explicit(ctx, options)
     options = {k: (tuple(v) if v else None) if isinstance(v, tuple) else v for k, v in options.items()}
-    if options.get("classes"):
-        options["classes"] = tuple(c.strip() for c in options["classes"].split(",") if c.strip())
+    for key in ("classes", "formats", "precisions"):
+        if options.get(key):
+            options[key] = _split(options[key])
     cfg = build_config(CompressConfig, config_file, **options)
+    if cfg.target:  # an unknown target fails now, not after training
+        from edgeft.deploy import with_target_exports
+
+        cfg = with_target_exports(cfg)
+    if cfg.formats:  # a typo in --format fails now, not after training
+        cfg = _prepare_export(cfg)
     summary = run_compress(cfg, {k: options[k] for k in explicit}, progress=RichProgress)
     _show_summary(summary)
+    if cfg.formats:
+        from edgeft.export import export_run
+
+        _show_exports(export_run(cfg.out, cfg.formats, cfg.precisions))
+    if cfg.target:
+        from edgeft.deploy import profile_and_report
+
+        _show_report(profile_and_report(cfg.out, cfg.target))
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _prepare_export(cfg: Any) -> Any:
+    """Checks the export request and fixes the run directory that it will read."""
+    import dataclasses
+
+    from edgeft.compress.pipeline import prepare_run
+    from edgeft.export import check_request
+
+    formats, precisions = check_request(cfg.formats, cfg.precisions or ("fp32",))
+    out = cfg.out or str(prepare_run(cfg, {})[1].root)
+    return dataclasses.replace(cfg, formats=tuple(formats), precisions=tuple(precisions), out=out)
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--format", "formats", default="onnx", show_default=True,
+              help="Comma-separated engine formats: onnx, openvino, tensorrt.")
+@click.option("--precision", "precisions", default="fp32", show_default=True,
+              help="Comma-separated precisions: fp32, fp16, int8.")
+@click.option("--calib", type=int, default=256, show_default=True, help="Training images that calibrate int8.")
+@click.option("--images", type=int, default=512, show_default=True,
+              help="Held-out images that validate each engine against PyTorch (>= 256 advised).")
+@click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False),
+              help="Start from this fp32 ONNX of the student instead of exporting it again.")
+def export_command(run_dir: str, formats: str, precisions: str, calib: int, images: int, onnx_file: str | None) -> None:
+    """Export a run's student to engines in RUN_DIR/engines/, each validated against PyTorch."""
+    from edgeft.export import export_run
+
+    records = export_run(run_dir, _split(formats), _split(precisions), calib=calib, images=images, onnx=onnx_file)
+    _show_exports(records)
+
+
+def _show_exports(records: list) -> None:
+    table = Table("engine (in engines/)", "MB", "top-1 agree", "max |Δ|", "accuracy", "PyTorch",
+                  title="edgeft export · each engine validated against PyTorch")
+    for r in records:
+        table.add_row(r.path.removeprefix("engines/"), f"{r.size_bytes / 1e6:.1f}", f"{r.top1_agreement:.2%}",
+                      f"{r.max_abs_diff:.1e}", f"{r.accuracy:.2%}", f"{r.reference_accuracy:.2%}")
+    Console().print(table)
+    for r in records:
+        if r.note:
+            Console().print(f"{r.format} {r.precision}: {r.note}", highlight=False, soft_wrap=True)
 
 
 @cli.command()
@@ -145,6 +213,109 @@ def _show_summary(summary: dict) -> None:
     data = summary["data"]
     Console().print(f"{data['train_images']} training / {data['val_images']} validation images, "
                     f"{data['classes']} classes, {summary['seconds']:.0f} s")
+
+
+@cli.command()
+@click.argument("engine", type=click.Path())
+@click.option("--target", default="host", show_default=True,
+              help="Device or alias (`edgeft targets`): host is measured, others estimated unless --remote.")
+@click.option("--backend", help="onnxruntime, openvino, tensorrt or torch [by file type].")
+@click.option("--precision", help="Precision of an estimate or of an OpenVINO CPU run [the target's].")
+@click.option("--batch", type=int, default=1, show_default=True, help="Batch of the latency runs.")
+@click.option("--threads", type=int, help="CPU threads of the runtime [its default].")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs first.")
+@click.option("--iterations", type=int, default=50, show_default=True, help="Timed runs, at least.")
+@click.option("--seconds", type=float, default=2.0, show_default=True, help="Timed seconds, at least.")
+@click.option("--max-batch", type=int, default=64, show_default=True, help="Largest batch of the throughput sweep.")
+@click.option("--sweep/--no-sweep", default=True, help="Throughput over batch 1, 2, 4, … [on].")
+@click.option("--layers/--no-layers", default=True, help="Per-layer times from the backend's profiler [on].")
+@click.option("--remote", help="URL of an `edgeft agent` on the device, e.g. http://jetson.local:8765.")
+@click.option("--token", envvar="EDGEFT_TOKEN", help="The agent's token [$EDGEFT_TOKEN].")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the records here.")
+def profile(engine: str, target: str, backend: str | None, precision: str | None, remote: str | None,
+            token: str | None, json_out: str | None, **measure: Any) -> None:
+    """Latency of an engine file or of every engine of RUN_DIR on a target (measured or estimated)."""
+    from edgeft import artifacts
+    from edgeft.report import summary_rows
+    from edgeft.runtime.dispatch import profile_on_target
+    from edgeft.runtime.profile import ProfileConfig
+
+    records = profile_on_target(engine, target, backend, ProfileConfig(**measure), precision, remote, token)
+    if json_out:
+        artifacts.write_json(json_out, records)
+    _show_rows(summary_rows(records), f"edgeft profile · {target}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON (every figure with its source).")
+@click.option("--calibrate", "backends", help="Measure this host's efficiency for these backends (e.g. onnxruntime,openvino).")
+@click.option("--threads", type=int, help="CPU threads for --calibrate [runtime default].")
+def targets(as_json: bool, backends: str | None, threads: int | None) -> None:
+    """List the edge targets (peaks, bandwidth, runtimes, sources); calibrate the estimator on this host."""
+    import json
+
+    from edgeft.targets import TARGETS
+
+    if backends:
+        from edgeft.runtime.calibrate import calibrate_host
+
+        for name in _split(backends):
+            cal = calibrate_host(name, threads)
+            console.print(f"{name}: efficiency {cal.efficiency:.3f}, {cal.overhead_ms * 1e3:.1f} µs per kernel, "
+                          f"fit error {cal.fit_error:.1%}", highlight=False)
+    if as_json:
+        click.echo(json.dumps([TARGETS.get(n).to_json() for n in TARGETS.names()], indent=2))
+        return
+    table = Table("target", "aliases", "runtimes", "precisions", "peak T(FL)OPS", "GB/s", "RAM GB", title="edgeft targets")
+    for t in (TARGETS.get(n) for n in TARGETS.names()):
+        peak = " ".join(f"{p}:{f.value:g}" for p, f in t.peak.items()) or "measured on use"
+        table.add_row(t.name, ", ".join(t.aliases), ", ".join(t.backends), ", ".join(t.precisions), peak,
+                      f"{t.memory_bandwidth.value:g}" if t.memory_bandwidth else "", f"{t.ram.value:g}" if t.ram else "")
+    Console().print(table)
+
+
+@cli.command()
+@click.option("--token", envvar="EDGEFT_TOKEN", required=True, help="Shared secret every request must carry [$EDGEFT_TOKEN].")
+@click.option("--port", type=int, default=8765, show_default=True, help="TCP port (0: any free port).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the agent to the network.")
+@click.option("--max-upload-mb", type=float, default=512, show_default=True, help="Largest engine upload accepted.")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Private upload directory [a fresh temporary one].")
+@click.option("--name", help="Target name reported with the measurements [hostname].")
+def agent(**options: Any) -> None:
+    """Serve latency measurements on this device for `edgeft profile --remote` (numpy + runtime only)."""
+    from edgeft.runtime.agent import AgentConfig, AgentServer
+
+    server = AgentServer(AgentConfig(**options))
+    console.print(f"edgeft agent listening on {server.url} (uploads under {server.storage}); Ctrl-C stops it")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def report(run_dir: str) -> None:
+    """Write RUN_DIR/report.md and a self-contained report.html (training, accuracy vs latency, layers)."""
+    from edgeft.report import write_report
+
+    _show_report(write_report(run_dir))
+
+
+def _show_report(rep: Any) -> None:
+    _show_rows(rep.rows, f"edgeft report · {rep.run.name}")
+    console.print(f"wrote {rep.markdown} and {rep.html}", highlight=False)
+
+
+def _show_rows(rows: list[dict], title: str) -> None:
+    from edgeft.report import COLUMNS
+
+    table = Table(*COLUMNS, title=title)
+    for row in rows:
+        table.add_row(*(row[c] for c in COLUMNS), style="italic" if row["how"] == "estimated" else None)
+    Console().print(table)
 
 
 main = cli

@@ -41,8 +41,13 @@ class CompressConfig:
     workers: int = 0
     out: str | None = None
     resume: bool = False
+    kernels: str = "auto"  # auto | cuda | torch: fused CUDA loss kernels (compress/kernels) or the torch reference
+    # Export right after compressing (edgeft/export)
+    formats: tuple[str, ...] = ()  # onnx | openvino | tensorrt
+    precisions: tuple[str, ...] = ()  # fp32 | fp16 | int8; empty: fp32
+    target: str | None = None  # edge target (edgeft/targets): its formats, then profile + report
     # AFT (methods/aft.py)
-    beta: str = "auto"  # weight of the kernel distance: a number >= 0, or 'auto' (grid 3/10/30 on a hold-out)
+    beta: str = "10"  # weight of the kernel distance: a number >= 0, or "auto" (grid 3/10/30 on a 10% hold-out)
     aft_weights: str = "learned"  # learned | identity (ablation)
     aft_kernel: str = "linear"  # linear | rbf (ablation)
     # KDEP (methods/kdep.py)

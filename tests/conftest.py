@@ -1,7 +1,6 @@
 """Shared fixtures: tiny, learnable image folders built on the fly (no network, no shared data)."""
 from __future__ import annotations
 
-import io
 import zipfile
 from pathlib import Path
 

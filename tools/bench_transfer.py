@@ -30,7 +30,7 @@ from edgeft.config import CompressConfig  # noqa: E402
 
 TEACHER_ARCH = "resnetv2_50x1_bit"
 STUDENT_ARCH = "resnet18"
-TEACHER_EPOCHS, STUDENT_UPSTREAM_EPOCHS = 8, 15
+TEACHER_EPOCHS, STUDENT_UPSTREAM_EPOCHS = 6, 10
 SEEDS = (0, 1, 2)
 
 
@@ -43,19 +43,31 @@ class Row:
     model: str = "student"  # student (resnet18) | teacher (the upstream BiT itself)
     init: str = "scratch"  # scratch | upstream (pretrained on the upstream classes: the ImageNet analogue)
     uses_teacher: bool = False
-    epochs: int = 20
+    epochs: int = 15
     options: dict = field(default_factory=dict)  # extra CompressConfig fields (method ablations)
     note: str = ""
 
 
 ROWS: list[Row] = [
     Row("teacher lp", "lp", model="teacher", init="upstream", note="BiT-R50x1 frozen, new head"),
-    Row("teacher fine-tune", "stl", model="teacher", init="upstream", epochs=8, note="BiT-R50x1, all layers"),
+    Row("teacher fine-tune", "stl", model="teacher", init="upstream", epochs=5, note="BiT-R50x1, all layers"),
     Row("scratch", "stl", init="scratch", note="resnet18 from random init"),
     Row("stl", "stl", init="upstream", note="upstream-pretrained resnet18, fine-tuned (the 'ImageNet-pretrained' row)"),
     Row("lp", "lp", init="upstream", note="upstream-pretrained resnet18, frozen, new head"),
     Row("kd", "kd", init="scratch", uses_teacher=True, note="Hinton KD from the probed teacher, random-init student"),
     Row("fkd", "fkd", init="scratch", uses_teacher=True, note="feature KD + fine-tune, random-init student (papers' KD)"),
+    Row("aft", "aft", init="upstream", uses_teacher=True, options={"beta": "auto"},
+        note="AFT: β auto (3/10/30 on a 10% hold-out), learned μ, Adam, no augmentation"),
+    Row("aft identity-μ", "aft", init="upstream", uses_teacher=True, options={"beta": "auto", "aft_weights": "identity"},
+        note="AFT ablation: feature weights fixed (μ = I), β auto"),
+    Row("aft β=0", "aft", init="upstream", uses_teacher=True, options={"beta": "0", "aft_weights": "identity"},
+        note="control: AFT's recipe without the regulariser (the paper's STL: Adam, no augmentation)"),
+    Row("kdep", "kdep", init="scratch", uses_teacher=True,
+        note="KDEP: SVD+PTS distillation on the downstream train images (labels unused), then fine-tune as stl"),
+    Row("kdep linear-align", "kdep", init="scratch", uses_teacher=True, options={"align": "linear", "transform": "none"},
+        note="KDEP ablation: learned linear map on the student (the paper's 1×1 conv, pre-ReLU), no PTS"),
+    Row("kdep no-PTS", "kdep", init="scratch", uses_teacher=True, options={"transform": "none"},
+        note="KDEP ablation: SVD alignment without PTS"),
 ]
 
 

@@ -52,6 +52,11 @@ class ModelSpec:
     std: tuple[float, float, float]
     input_size: int
 
+    @property
+    def display_name(self) -> str:
+        """The timm name with its pretrained tag only when the tag's weights are loaded."""
+        return self.timm_name if self.weights == "hub" else self.arch
+
 
 class Normalized(nn.Module):
     """A timm classifier that takes [0, 1] images and normalises them itself."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ from edgeft import artifacts
 from edgeft.artifacts import RunDir, StudentCard
 from edgeft.compress import data as data_mod
 from edgeft.compress import models
+from edgeft.compress.kernels import check_mode as check_kernels
 from edgeft.compress.methods import METHODS, TransferContext
 from edgeft.compress.methods.common import adapted_teacher, evaluate
 from edgeft.compress.train import Dist, NullProgress, Progress, Trainer
@@ -33,8 +35,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu")
-        import os
-
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if name != "cpu":
         raise ConfigError(f"--device {name}: choose auto, cpu or cuda")
@@ -71,6 +71,7 @@ def run_compress(
     """Runs one compression end to end and returns summary.json's content."""
     began = time.time()
     cfg, run = prepare_run(cfg, explicit or {})
+    check_kernels(cfg.kernels)
     device = resolve_device(cfg.device)
     dist = Dist.from_env(device)
     torch.manual_seed(cfg.seed)
@@ -141,7 +142,7 @@ def _summarise(ctx: TransferContext, student, images, val, seconds: float) -> di
     teacher = None
     if ctx.teacher_specs:
         teacher = {
-            "name": "+".join(s.timm_name for s in ctx.teacher_specs),
+            "name": "+".join(s.display_name for s in ctx.teacher_specs),
             "params": sum(models.count_params(t) for t in ctx.teachers()),
             "accuracy": ctx.notes.get("teacher_accuracy"),
         }
@@ -149,7 +150,7 @@ def _summarise(ctx: TransferContext, student, images, val, seconds: float) -> di
         "method": cfg.method,
         "teacher": teacher,
         "student": {
-            "name": ctx.student_spec.timm_name,
+            "name": ctx.student_spec.display_name,
             "params": models.count_params(student),
             "macs": models.count_macs(student, ctx.image_size),
             "accuracy": evaluate(student, val, ctx.device),

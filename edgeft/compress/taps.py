@@ -38,10 +38,11 @@ POOLS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 class PreActivation:
-    """Callable `tap(images) -> [B, D]` pooled pre-activation features of `net` (a `Normalized` model).
+    """Callable `tap(images) -> [B, dim]` pooled pre-activation features of `net` (a `Normalized` model).
 
-    Registers a forward pre-hook on the final activation; call `remove()` when done. Gradients flow
-    through the tapped tensor, so the tap can be trained.
+    `path` names the final activation module (None: the features are used as they are) and `pool`
+    how its input is pooled. A forward pre-hook on that module captures the input; call `remove()`
+    when done. Gradients flow through the tapped tensor, so the tap can be trained.
     """
 
     def __init__(self, net: nn.Module, image_size: int) -> None:

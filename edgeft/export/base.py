@@ -1,4 +1,4 @@
-"""What every exporter shares: precisions, tolerances, the export record, the job, the registry.
+"""What every exporter shares: precisions, the export record, the job, the base class, the registry.
 
 An exporter turns the run's student into one engine file at one precision, validates it
 against PyTorch on held-out images and returns an `ExportRecord`; an engine that fails its
@@ -7,7 +7,6 @@ tolerance is deleted before the error is raised (DESIGN.md §House style 6).
 from __future__ import annotations
 
 import logging
-import shutil
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch import nn
 
 from edgeft.artifacts import RunDir, StudentCard
 from edgeft.errors import EdgeftError, WeightsError
-from edgeft.export.validate import DEFAULT_TOLERANCES, Reference, Runner, Tolerance, compare
+from edgeft.export.validate import DEFAULT_TOLERANCES, Figures, Reference, Runner, Tolerance, compare
 from edgeft.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -26,23 +25,20 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
-@dataclass(frozen=True)
-class ExportRecord:
-    """One validated engine: where it is, what it is, and how closely it follows PyTorch.
 
-    `path` is relative to the run directory so that a copied run stays valid.
+@dataclass(frozen=True)
+class ExportRecord(Figures):
+    """One validated engine: its validation figures, where it is, what it is, what built it.
+
+    `path` is relative to the run directory so that a copied run stays valid; `note` says in
+    one line what the user must still do (e.g. build a TensorRT engine on the device, with
+    `recipe`).
     """
 
     path: str
     format: str
     precision: str
     size_bytes: int
-    images: int
-    max_abs_diff: float
-    cosine: float
-    top1_agreement: float
-    accuracy: float
-    reference_accuracy: float
     passed: bool
     validated_with: str
     versions: dict[str, str | None] = field(default_factory=dict)
@@ -50,7 +46,8 @@ class ExportRecord:
     recipe: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        return {"path": self.path, "format": self.format, "precision": self.precision, **data}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ExportRecord":
@@ -121,11 +118,9 @@ class Exporter(ABC):
                 + (" — try more --calib images or use fp16" if precision == "int8" else "")
             )
         record = ExportRecord(
-            path=job.relative(files[0]), format=self.name, precision=precision,
-            size_bytes=sum(f.stat().st_size for f in files), images=figures.images,
-            max_abs_diff=figures.max_abs_diff, cosine=figures.cosine, top1_agreement=figures.top1_agreement,
-            accuracy=figures.accuracy, reference_accuracy=figures.reference_accuracy, passed=True,
-            validated_with=validated_with, versions=self.versions(), **extra,
+            **asdict(figures), path=job.relative(files[0]), format=self.name, precision=precision,
+            size_bytes=sum(f.stat().st_size for f in files), passed=True, validated_with=validated_with,
+            versions=self.versions(), **extra,
         )
         log.info("%s %s: top-1 agreement %.4f, max |Δ| %.2e", self.name, precision,
                  record.top1_agreement, record.max_abs_diff)
@@ -136,12 +131,9 @@ EXPORTERS: Registry[type[Exporter]] = Registry("format")
 
 
 def remove(paths: list[Path]) -> None:
-    """Deletes engine files (and folders) so that nothing invalid is left looking valid."""
+    """Deletes engine files so that nothing invalid is left looking valid."""
     for path in paths:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
 
 
 def load_student(run: RunDir) -> tuple[StudentCard, nn.Module]:

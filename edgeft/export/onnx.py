@@ -67,25 +67,25 @@ def save_onnx(model, card: StudentCard, path: Path) -> Path:
     return atomic_write(path, lambda tmp: onnx.save_model(model, tmp))
 
 
-def load_onnx(path: Path, card: StudentCard, flag: str = "--onnx"):
-    """Reads an fp32 ONNX model and checks that it takes the student's input; one-line errors."""
+def load_onnx(path: Path, card: StudentCard):
+    """Reads a user-given fp32 ONNX (--onnx) and checks that it takes the student's input."""
     import onnx
     from google.protobuf.message import DecodeError
 
     if not path.is_file():
-        raise EdgeftError(f"{flag} {path}: file not found")
+        raise EdgeftError(f"--onnx {path}: file not found")
     try:
         model = onnx.load_model(str(path))
         onnx.checker.check_model(model)
     except (DecodeError, onnx.checker.ValidationError, ValueError, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise EdgeftError(f"{flag} {path}: not a valid ONNX model ({first}); export it again") from None
-    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+        raise EdgeftError(f"--onnx {path}: not a valid ONNX model ({first}); export it again") from None
+    inputs = _graph_inputs(model)
     dims = [d.dim_value or d.dim_param for d in inputs[0].type.tensor_type.shape.dim] if len(inputs) == 1 else []
     expected = list(card.input_size)
     if len(dims) != 4 or any(isinstance(d, int) and d != e for d, e in zip(dims[1:], expected)):
-        raise EdgeftError(f"{flag} {path}: takes input shape {dims or 'of several inputs'}, the student "
-                          f"N×{'×'.join(map(str, expected))}; pass the ONNX of this run's student")
+        raise EdgeftError(f"--onnx {path}: takes input {dims or 'several tensors'}, the student one N×"
+                          f"{'×'.join(map(str, expected))} tensor; pass the ONNX of this run's student")
     return model
 
 
@@ -110,19 +110,24 @@ def onnx_variant(job: ExportJob, precision: str) -> Path:
 
 
 def to_fp16(src: Path, dst: Path, card: StudentCard) -> Path:
-    """Float16 weights and activations with float32 inputs/outputs (onnxruntime's converter)."""
+    """Float16 weights and activations with float32 inputs/outputs (onnxruntime's converter).
+
+    The converter appends its input casts at the end of the node list; the graph is sorted
+    again (onnx_ir) because the checker, TensorRT and OpenVINO want topological order.
+    """
     import onnx
+    import onnx_ir
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    return save_onnx(convert_float_to_float16(onnx.load_model(str(src)), keep_io_types=True), card, dst)
+    model = onnx_ir.from_proto(convert_float_to_float16(onnx.load_model(str(src)), keep_io_types=True))
+    model.graph.sort()
+    return save_onnx(onnx_ir.to_proto(model), card, dst)
 
 
 def input_name(path: Path) -> str:
     import onnx
 
-    model = onnx.load_model(str(path), load_external_data=False)
-    initializers = {t.name for t in model.graph.initializer}
-    return next(i.name for i in model.graph.input if i.name not in initializers)
+    return _graph_inputs(onnx.load_model(str(path), load_external_data=False))[0].name
 
 
 def ort_runner(path: Path) -> Runner:
@@ -165,3 +170,9 @@ def _restamp(path: Path, card: StudentCard) -> None:
     import onnx
 
     save_onnx(onnx.load_model(str(path)), card, path)
+
+
+def _graph_inputs(model) -> list:
+    """The graph's real inputs (older exporters also list initializers as inputs)."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]

@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from edgeft.export.base import EXPORTERS, Exporter, ExportJob, ExportRecord, library_version, require
 from edgeft.export.onnx import onnx_variant
@@ -34,7 +36,8 @@ class OpenVinoExporter(Exporter):
         model.set_rt_info(json.dumps(job.card.to_json()), ["edgeft", "card"])
         files = save_ir(model, self.engine_path(job, precision), compress_to_fp16=precision == "fp16")
         core = ov.Core()
-        hint = "f16" if precision == "fp16" and "FP16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+        cpu_has_f16 = "FP16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        hint = "f16" if precision == "fp16" and cpu_has_f16 else "f32"
         compiled = core.compile_model(str(files[0]), "CPU", {"INFERENCE_PRECISION_HINT": hint})
         return self.finish(job, precision, files, lambda batch: compiled(batch)[0],
                            f"openvino {library_version('openvino')} CPU, inference precision {hint}")
@@ -65,5 +68,17 @@ def _quantize(model, job: ExportJob):
     nncf.set_log_level(logging.ERROR)
     images = job.calibration()
     dataset = nncf.Dataset([images[i : i + 1] for i in range(len(images))])
-    return nncf.quantize(model, dataset, subset_size=len(images))
+    with _quiet("torch.utils.cpp_extension"):
+        return nncf.quantize(model, dataset, subset_size=len(images))
 
+
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Silences one logger: nncf probes torch's C++ toolchain, which warns about CUDA on CPU hosts."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

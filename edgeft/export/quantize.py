@@ -16,18 +16,22 @@ import numpy as np
 from PIL import Image
 
 from edgeft.artifacts import RunDir, StudentCard, atomic_write, read_json
-from edgeft.errors import DataError, EdgeftError
+from edgeft.errors import DataError
 
 log = logging.getLogger(__name__)
 
 SAMPLE_SEED = 0  # which images calibrate and validate stays fixed across exports of a run
 
 
+SAVED = {"train": "calib.npz", "val": "ref.npz"}  # where each split's decoded images are kept
+
+
 def read_split(run: RunDir, split: str, count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Up to `count` images of `split` ('train' or 'val') as uint8 N×3×size×size, with labels.
 
     A seeded shuffle picks the images so that every class is represented; unreadable images
-    are skipped with a warning.
+    are skipped with a warning. Where the image source is gone (a run copied to a device),
+    the images saved by an earlier export (calib.npz / ref.npz) stand in for it.
     """
     if not run.data_split.exists():
         raise DataError(f"{run.data_split}: not found; the run lists no images to calibrate or validate with")
@@ -35,9 +39,7 @@ def read_split(run: RunDir, split: str, count: int, size: int) -> tuple[np.ndarr
     classes, files = split_info.get("classes", []), split_info.get(split, [])
     source = Path(split_info.get("source", ""))
     if not source.exists():
-        raise DataError(
-            f"{run.data_split}: its image source {source} is gone; restore it or fix 'source' in the file"
-        )
+        return _saved_images(run, split, count, size, source)
     order = np.random.default_rng(SAMPLE_SEED).permutation(len(files))
     chosen = [files[i] for i in order[:count]]
     images, labels, bad = [], [], 0
@@ -54,6 +56,20 @@ def read_split(run: RunDir, split: str, count: int, size: int) -> tuple[np.ndarr
     if not images:
         return np.zeros((0, 3, size, size), np.uint8), np.zeros((0,), np.int64)
     return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def _saved_images(run: RunDir, split: str, count: int, size: int, source: Path) -> tuple[np.ndarray, np.ndarray]:
+    saved = run.root / SAVED[split]
+    if saved.exists():
+        with np.load(saved) as data:
+            images, labels = data["images"][:count], data["labels"][:count]
+        if images.shape[1:] == (3, size, size):
+            log.info("image source %s is gone; using the %d %s images saved in %s", source, len(images), split, saved)
+            return images, labels
+    raise DataError(
+        f"{run.data_split}: its image source {source} is gone and no {saved.name} holds the images; "
+        "restore the source or fix 'source' in the file"
+    )
 
 
 def decode(data: bytes, size: int) -> np.ndarray | None:
@@ -91,12 +107,10 @@ def normalise(images: np.ndarray, card: StudentCard) -> np.ndarray:
 
 def calibration_images(run: RunDir, card: StudentCard, count: int) -> np.ndarray:
     """`count` training images for INT8 calibration, saved to calib.npz, returned normalised."""
-    if count < 1:
-        raise EdgeftError(f"--calib {count}: int8 needs calibration images; pass --calib N with N >= 1 (e.g. 256)")
     images, labels = read_split(run, "train", count, card.input_size[-1])
     if len(images) == 0:
         raise DataError(f"{run.data_split}: no readable training images to calibrate int8 with")
-    save_npz(run.root / "calib.npz", images=images, labels=labels)
+    save_npz(run.root / SAVED["train"], images=images, labels=labels)
     log.info("calibrating int8 on %d training images", len(images))
     return normalise(images, card)
 

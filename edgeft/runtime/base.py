@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import abc
 import importlib.util
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,6 +20,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgeft.errors import EdgeftError
+
+log = logging.getLogger(__name__)
 
 # ONNX / OpenVINO element type names → numpy dtypes.
 DTYPES = {
@@ -166,8 +170,44 @@ class Engine(abc.ABC):
         return {"backend": self.name, "version": getattr(module, "__version__", "unknown")}
 
     def precision(self) -> str | None:
-        """The engine's numeric precision when the file says it (metadata), else None."""
-        return None
+        """The engine's numeric precision when the file says it (metadata or name), else None."""
+        return precision_from_name(self.path)
+
+
+def card_from_metadata(meta: dict[str, str]) -> dict[str, Any]:
+    """The student-card fields (mean, std, precision, …) stored as ONNX/IR metadata.
+
+    Accepts one JSON value per key ("mean": "[0.5, …]") and a whole card under
+    "edgeft.card" / "card"; unknown keys are ignored.
+    """
+    fields: dict[str, Any] = {}
+    for key in ("edgeft.card", "card", "student_card"):
+        if key in meta:
+            try:
+                fields.update(json.loads(meta[key]))
+            except json.JSONDecodeError:
+                log.warning("metadata %r is not JSON; ignored", key)
+    for key, value in meta.items():
+        short = key.split(".")[-1]
+        if short in ("mean", "std", "input_size", "precision", "class_names", "arch"):
+            try:
+                fields[short] = json.loads(value)
+            except json.JSONDecodeError:
+                fields[short] = value
+    return fields
+
+
+def as_floats(value: Any) -> tuple[float, ...] | None:
+    """A metadata list of numbers as a float tuple (None when absent)."""
+    return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) and value else None
+
+
+def precision_from_name(path: Path) -> str | None:
+    """fp32/fp16/int8 from an engine file name such as model-fp16.onnx (edgeft export's layout)."""
+    for precision in ("fp32", "fp16", "int8"):
+        if precision in path.stem.lower().replace("_", "-").split("-"):
+            return precision
+    return None
 
 
 def median_by_layer(runs: list[list[tuple[str, str, float]]]) -> list[dict]:

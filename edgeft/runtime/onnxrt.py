@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -10,34 +9,10 @@ from typing import Any
 import numpy as np
 
 from edgeft.errors import EdgeftError
-from edgeft.runtime.base import DTYPES, Engine, InputSpec, median_by_layer
+from edgeft.runtime.base import DTYPES, Engine, InputSpec, as_floats, card_from_metadata, median_by_layer
 
-log = logging.getLogger(__name__)
 
 GPU_PROVIDERS = ("CUDAExecutionProvider",)
-
-
-def card_from_metadata(meta: dict[str, str]) -> dict[str, Any]:
-    """The student-card fields (mean, std, precision, …) stored as ONNX/IR metadata.
-
-    Accepts one JSON value per key ("mean": "[0.5, …]") and a whole card under
-    "edgeft.card" / "card"; unknown keys are ignored.
-    """
-    fields: dict[str, Any] = {}
-    for key in ("edgeft.card", "card", "student_card"):
-        if key in meta:
-            try:
-                fields.update(json.loads(meta[key]))
-            except json.JSONDecodeError:
-                log.warning("metadata %r is not JSON; ignored", key)
-    for key, value in meta.items():
-        short = key.split(".")[-1]
-        if short in ("mean", "std", "input_size", "precision", "class_names", "arch"):
-            try:
-                fields[short] = json.loads(value)
-            except json.JSONDecodeError:
-                fields[short] = value
-    return fields
 
 
 class OrtEngine(Engine):
@@ -56,7 +31,7 @@ class OrtEngine(Engine):
         self._meta = meta
         shape = tuple(d if isinstance(d, int) else None for d in first.shape)
         self._spec = InputSpec(first.name, shape, DTYPES.get(first.type, "float32"),
-                               _triple(meta.get("mean")), _triple(meta.get("std")))
+                               as_floats(meta.get("mean")), as_floats(meta.get("std")))
         self._output = self._session.get_outputs()[0].name
 
     def _new_session(self, profile_dir: str | None):
@@ -92,7 +67,7 @@ class OrtEngine(Engine):
         return self._session.run([self._output], {self._spec.name: batch})[0]
 
     def precision(self) -> str | None:
-        return self._meta.get("precision") or ("fp16" if self._spec.dtype == "float16" else None)
+        return self._meta.get("precision") or super().precision() or ("fp16" if self._spec.dtype == "float16" else None)
 
     def layer_times(self, batch: np.ndarray, runs: int) -> list[dict] | None:
         """Runs a second, profiling session; drops each node's first (warm-up) event."""
@@ -112,7 +87,3 @@ class OrtEngine(Engine):
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "providers": self._session.get_providers() if self._session else None}
-
-
-def _triple(value: Any) -> tuple[float, ...] | None:
-    return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) and value else None

@@ -1,16 +1,13 @@
 """OpenVINO backend: IR (.xml + .bin) or ONNX on the CPU (or another OpenVINO device)."""
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
 
 from edgeft.errors import EdgeftError
-from edgeft.runtime.base import DTYPES, Engine, InputSpec, median_by_layer
-from edgeft.runtime.onnxrt import _triple, card_from_metadata
+from edgeft.runtime.base import DTYPES, Engine, InputSpec, as_floats, card_from_metadata, median_by_layer
 
-log = logging.getLogger(__name__)
 
 # The CPU plugin computes in bf16 by default where the CPU supports it; edgeft pins the
 # precision so that an "fp32" figure means fp32 arithmetic (ECOSYSTEM.md pain point 8).
@@ -39,7 +36,7 @@ class OpenVinoEngine(Engine):
         shape = tuple(None if d.is_dynamic else d.get_length() for d in port.get_partial_shape())
         self._meta = card_from_metadata(_rt_strings(self._model.get_rt_info()))
         self._spec = InputSpec(port.get_any_name(), shape, DTYPES.get(port.get_element_type().get_type_name(), "float32"),
-                               _triple(self._meta.get("mean")), _triple(self._meta.get("std")))
+                               as_floats(self._meta.get("mean")), as_floats(self._meta.get("std")))
 
     def _compile(self, profiling: bool):
         device = self.options.extra.get("device", "CPU")
@@ -62,7 +59,7 @@ class OpenVinoEngine(Engine):
         return np.array(self._request.get_output_tensor(0).data, copy=True)
 
     def precision(self) -> str | None:
-        return self._meta.get("precision")
+        return self._meta.get("precision") or super().precision()
 
     def layer_times(self, batch: np.ndarray, runs: int) -> list[dict] | None:
         """Performance counters of executed nodes; one warm-up run is dropped."""
@@ -85,11 +82,11 @@ class OpenVinoEngine(Engine):
 
 
 def _rt_strings(rt_info) -> dict[str, str]:
-    """OpenVINO runtime info (nested OVAny maps: ONNX metadata lands under 'framework') → str dict."""
+    """OpenVINO runtime info (nested maps of OVAny; ONNX metadata under 'framework') → flat str dict."""
     flat: dict[str, str] = {}
     for key, value in rt_info.items():
         if isinstance(value, dict):
-            flat.update({k: v.astype(str) for k, v in value.items()})
+            flat.update(_rt_strings(value))
         else:
-            flat[key] = value.astype(str)
+            flat[key] = value.astype(str) if hasattr(value, "astype") else str(value)
     return flat

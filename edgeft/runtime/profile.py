@@ -125,12 +125,16 @@ def batch_sweep(engine: Engine, cfg: ProfileConfig) -> list[dict]:
 
 
 def profile_engine(path: str | Path, backend: str | None = None, cfg: ProfileConfig = ProfileConfig(),
-                   device: str = "auto") -> dict[str, Any]:
-    """Measures one engine file on this machine; returns the JSON record (label 'measured')."""
+                   device: str = "auto", precision: str | None = None) -> dict[str, Any]:
+    """Measures one engine on this machine; returns the JSON record (label 'measured').
+
+    `precision` is what an on-device build uses (TensorRT from ONNX) or OpenVINO's CPU
+    inference precision; engines with a fixed precision ignore it.
+    """
     cfg.check()
     with MemoryMeter() as memory:
         began = time.perf_counter()
-        engine = load(path, backend, EngineOptions(threads=cfg.threads, device=device))
+        engine = load(path, backend, EngineOptions(threads=cfg.threads, device=device, precision=precision))
         with engine:
             loaded = time.perf_counter()
             spec = engine.input_spec
@@ -140,7 +144,7 @@ def profile_engine(path: str | Path, backend: str | None = None, cfg: ProfileCon
             samples = time_loop(engine, x, cfg.warmup, cfg.iterations, cfg.seconds)
             sweep = batch_sweep(engine, cfg) if cfg.sweep and spec.dynamic_batch else []
             layers = engine.layer_times(x, cfg.layer_runs) if cfg.layers else None
-            info, precision = engine.info(), engine.precision()
+            info, precision = engine.info(), engine.precision() or precision
     best = max(sweep, key=lambda r: r["images_per_s"]) if sweep else None
     return {
         "label": "measured",

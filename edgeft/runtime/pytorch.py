@@ -37,11 +37,11 @@ class TorchEngine(Engine):
     layer_profiler = "forward hooks on leaf modules (wall clock, synchronised on CUDA)"
 
     def open(self) -> None:
+        card_path, weights = student_files(self.path)
         import timm
         import torch
         from safetensors.torch import load_file
 
-        card_path, weights = student_files(self.path)
         self.card = StudentCard.from_json(read_json(card_path))
         if self.options.threads:
             torch.set_num_threads(self.options.threads)

@@ -2,12 +2,11 @@
 
 TensorRT engines are tied to the GPU and TensorRT version that built them (ECOSYSTEM.md
 pain point 1), so an ONNX file given with `--backend tensorrt` is built here, on the
-device, at `EngineOptions.precision`; a plan that does not deserialize fails with the
-rebuild command.
+device (strongly typed: the ONNX variant sets the precision); a plan that does not
+deserialize fails with the rebuild command.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import numpy as np
 from edgeft.errors import EdgeftError
 from edgeft.runtime.base import Engine, InputSpec, median_by_layer
 
-log = logging.getLogger(__name__)
 
 WORKSPACE_BYTES = 1 << 30
 
@@ -40,24 +38,23 @@ def _check(result):
     return values[0] if len(values) == 1 else values
 
 
-def build_engine(onnx_path: Path, precision: str = "fp16", max_batch: int = 8, logger=None) -> bytes:
-    """Builds a serialized engine from ONNX on this GPU (dynamic batch profile 1..max_batch)."""
+def build_engine(onnx_path: Path, max_batch: int = 8, logger=None) -> bytes:
+    """Builds a serialized engine from ONNX on this GPU, strongly typed: the ONNX sets the precision.
+
+    Ship the precision's ONNX variant that `edgeft export --format tensorrt` writes
+    (engines/tensorrt/model-fp16.onnx, the Q/DQ model-int8.onnx); a dynamic batch axis gets
+    the profile 1..max_batch.
+    """
     trt = TensorRtEngine.require()
     logger = logger or trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EdgeftError(f"{onnx_path}: TensorRT cannot parse it ({errors[:200]})")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "int8":
-        # Only explicit quantization (a Q/DQ ONNX from `edgeft export`) is built here.
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.set_flag(trt.BuilderFlag.FP16)
     inp = network.get_input(0)
     if inp.shape[0] == -1:
         profile = builder.create_optimization_profile()
@@ -66,7 +63,7 @@ def build_engine(onnx_path: Path, precision: str = "fp16", max_batch: int = 8, l
         config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise EdgeftError(f"{onnx_path}: TensorRT failed to build an engine at {precision}")
+        raise EdgeftError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
     return bytes(plan)
 
 
@@ -84,7 +81,7 @@ class TensorRtEngine(Engine):
         self._cudart = _cudart()
         self._logger = trt.Logger(trt.Logger.WARNING)
         if self.path.suffix == ".onnx":
-            plan = build_engine(self.path, self.options.precision or "fp16", logger=self._logger)
+            plan = build_engine(self.path, logger=self._logger)
         else:
             plan = self.path.read_bytes()
         self._runtime = trt.Runtime(self._logger)
@@ -116,7 +113,7 @@ class TensorRtEngine(Engine):
                 _check(self._cudart.cudaFree(ptr))
             ptr = _check(self._cudart.cudaMalloc(nbytes))
             self._buffers[name] = (ptr, nbytes)
-            self._context.set_tensor_address(name, ptr)
+            self._context.set_tensor_address(name, int(ptr))
         return ptr
 
     def close(self) -> None:
@@ -139,7 +136,7 @@ class TensorRtEngine(Engine):
         src = self._buffer(self._input, batch.nbytes)
         dst = self._buffer(self._output, out.nbytes)
         _check(cudart.cudaMemcpyAsync(src, batch.ctypes.data, batch.nbytes, kinds.cudaMemcpyHostToDevice, self._stream))
-        if not self._context.execute_async_v3(self._stream):
+        if not self._context.execute_async_v3(int(self._stream)):
             raise EdgeftError(f"{self.path}: TensorRT execution failed")
         _check(cudart.cudaMemcpyAsync(out.ctypes.data, dst, out.nbytes, kinds.cudaMemcpyDeviceToHost, self._stream))
         _check(cudart.cudaStreamSynchronize(self._stream))
@@ -163,7 +160,7 @@ class TensorRtEngine(Engine):
         # A profiled context reports every later run too, so profiling ends with a fresh context.
         self._context = self._engine.create_execution_context()
         for name, (ptr, _) in self._buffers.items():
-            self._context.set_tensor_address(name, ptr)
+            self._context.set_tensor_address(name, int(ptr))
         return median_by_layer(per_run)
 
     def info(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,22 @@ SWEEP_GAIN, MAX_SWEEP_BATCH = 1.05, 64
 
 @dataclass(frozen=True)
 class Calibration:
-    """Fraction of peak reached and per-kernel overhead (ms), with where they come from."""
+    """Fractions of peak compute and bandwidth reached, and per-kernel overhead (ms), with provenance.
+
+    `memory_efficiency` may exceed 1 on CPUs whose caches hold the activations; it is fitted
+    separately only when there are more measurements than parameters.
+    """
 
     efficiency: float
     overhead_ms: float
-    label: str  # anchors | interpolated | host-measured | transferred | uncalibrated
+    label: str  # anchors | transferred | interpolated | host-measured | uncalibrated
     source: str
     fit_error: float | None = None  # mean |pred - measured| / measured over the fitted points
+    memory_efficiency: float | None = None  # None: the same as `efficiency`
+
+    @property
+    def mem(self) -> float:
+        return self.memory_efficiency or self.efficiency
 
 
 UNCALIBRATED = Calibration(DEFAULT_EFFICIENCY, DEFAULT_OVERHEAD_MS, "uncalibrated",
@@ -50,8 +60,8 @@ def cache_path() -> Path:
     return Path(root) / "host-calibration.json"
 
 
-def roofline_ms(layers: list[LayerCost], target: Target, precision: str, batch: int) -> np.ndarray:
-    """Per-layer time at 100 % efficiency (ms): max(compute, memory) for each layer."""
+def roofline_ms(layers: list[LayerCost], target: Target, precision: str, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer (compute, memory) time at full peak (ms)."""
     peak = target.peak_ops(precision)
     if target.memory_bandwidth is None:
         raise EdgeftError(f"target {target.name} has no memory bandwidth figure")
@@ -59,22 +69,42 @@ def roofline_ms(layers: list[LayerCost], target: Target, precision: str, batch: 
     size = BYTES.get(precision, 4)
     flops = np.array([c.flops for c in layers]) * batch
     moved = (np.array([c.activations for c in layers]) * batch + np.array([c.weights for c in layers])) * size
-    return np.maximum(flops / peak, moved / bandwidth) * 1e3
+    return flops / peak * 1e3, moved / bandwidth * 1e3
 
 
-def fit(points: list[tuple[float, int, float]], label: str, source: str) -> Calibration:
-    """Fits (efficiency, overhead) to [(roofline_ms, kernels, measured_ms)] by least log error."""
+Point = tuple[tuple[np.ndarray, np.ndarray], int, float]  # (roofline arrays, kernels, measured ms)
+
+
+def fit(points: list[Point], label: str, source: str) -> Calibration:
+    """Least log-error grid fit of (efficiency[, memory efficiency], overhead) to measured latencies."""
     if not points:
         raise EdgeftError("no measurements to calibrate on")
-    roof, kernels, measured = (np.array(v, dtype=np.float64) for v in zip(*points))
-    eff = np.logspace(-3, 0, 301)[:, None, None]
-    over = np.concatenate([[0.0], np.logspace(-4, 0.7, 236)])[None, :, None]
-    pred = roof / eff + kernels * over
-    loss = np.mean(np.log(pred / measured) ** 2, axis=2)
-    i, j = np.unravel_index(np.argmin(loss), loss.shape)
-    e, o = float(eff[i, 0, 0]), float(over[0, j, 0])
-    err = float(np.mean(np.abs(roof / e + kernels * o - measured) / measured))
-    return Calibration(round(e, 5), round(o, 6), label, source, round(err, 4))
+    measured = np.array([p[2] for p in points])
+    kernels = np.array([p[1] for p in points], dtype=np.float64)
+    eff = np.logspace(-3, 0, 241)
+    over = np.concatenate([[0.0], np.logspace(-4, 0.7, 283)])
+    mems = np.logspace(-2, 1, 61) if len(points) > 3 else [None]
+    best = (np.inf, 0.0, 0.0, None)
+    for mem in mems:
+        mem_eff = eff[:, None] if mem is None else mem
+        # shape (efficiency, point): max(compute / e, memory / mem) summed over layers
+        roof = np.stack([np.maximum(c[None, :] / eff[:, None], m[None, :] / mem_eff).sum(axis=1)
+                         for (c, m), _, _ in points], axis=1)
+        pred = roof[:, None, :] + over[None, :, None] * kernels
+        loss = np.mean(np.log(pred / measured) ** 2, axis=2)
+        i, j = np.unravel_index(np.argmin(loss), loss.shape)
+        if loss[i, j] < best[0]:
+            best = (loss[i, j], eff[i], over[j], mem)
+    _, e, o, mem = best
+    cal = Calibration(round(float(e), 5), round(float(o), 6), label, source,
+                      memory_efficiency=None if mem is None else round(float(mem), 5))
+    errors = [abs(_total(rf, k, cal) - t) / t for rf, k, t in points]
+    return dataclasses.replace(cal, fit_error=round(float(np.mean(errors)), 4))
+
+
+def _total(roof: tuple[np.ndarray, np.ndarray], kernels: int, cal: Calibration) -> float:
+    compute, memory = roof
+    return float(np.maximum(compute / cal.efficiency, memory / cal.mem).sum() + kernels * cal.overhead_ms)
 
 
 def _anchor_layers() -> dict[str, list[LayerCost]]:
@@ -93,7 +123,7 @@ def anchor_calibration(target: Target, backend: str, precision: str) -> Calibrat
         chosen = [a for a in usable if pick(a)]
         if chosen:
             break
-    points = [(float(roofline_ms(models[a.model], target, a.precision, 1).sum()), _kernels(models[a.model]), a.latency_ms)
+    points = [(roofline_ms(models[a.model], target, a.precision, 1), _kernels(models[a.model]), a.latency_ms)
               for a in chosen]
     source = "; ".join(f"{a.model} {a.backend} {a.precision} {a.latency_ms} ms ({a.source})" for a in chosen)
     return fit(points, how, f"fitted to {target.name} anchors: {source}")
@@ -105,10 +135,10 @@ def host_calibration(backend: str, precision: str, threads: int | None = None) -
     if not path.exists():
         return None
     entries = json.loads(path.read_text())
-    for key in (f"{backend}/{precision}/{threads}", f"{backend}/{precision}/None", f"{backend}/fp32/None"):
-        if key in entries:
-            return Calibration(**{**entries[key], "label": "host-measured"})
-    return None
+    keys = [f"{backend}/{precision}/{threads}", f"{backend}/fp32/{threads}",
+            *sorted(k for k in entries if k.startswith(f"{backend}/"))]
+    key = next((k for k in keys if k in entries), None)
+    return Calibration(**{**entries[key], "label": "host-measured"}) if key else None
 
 
 def calibration_for(target: Target, backend: str, precision: str, _seen: tuple[str, ...] = ()) -> Calibration:
@@ -125,13 +155,15 @@ def calibration_for(target: Target, backend: str, precision: str, _seen: tuple[s
         return UNCALIBRATED
     eff = math.exp(np.mean([math.log(c.efficiency) for c in borrowed]))
     over = float(np.mean([c.overhead_ms for c in borrowed]))
-    return Calibration(round(eff, 5), round(over, 6), "interpolated",
-                       f"geometric mean of {', '.join(target.calibrate_like)} calibrations (no anchors of its own)")
+    mem = math.exp(np.mean([math.log(c.mem) for c in borrowed]))
+    return Calibration(round(eff, 5), round(over, 6), "interpolated", memory_efficiency=round(mem, 5),
+                       source=f"geometric mean of {', '.join(target.calibrate_like)} calibrations (no anchors of its own)")
 
 
 def predict(layers: list[LayerCost], target: Target, precision: str, batch: int, cal: Calibration) -> tuple[float, np.ndarray]:
     """Total and per-layer estimated ms."""
-    per_layer = roofline_ms(layers, target, precision, batch) / cal.efficiency + cal.overhead_ms * _kernel_mask(layers)
+    compute, memory = roofline_ms(layers, target, precision, batch)
+    per_layer = np.maximum(compute / cal.efficiency, memory / cal.mem) + cal.overhead_ms * _kernel_mask(layers)
     return float(per_layer.sum()), per_layer
 
 

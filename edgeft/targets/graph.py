@@ -51,6 +51,7 @@ def _prod(dims: list[int]) -> float:
 
 
 def _load(path: str | Path):
+    """The model at batch 1 with shapes inferred; in-graph size arithmetic (e.g. F.pad) is folded first."""
     import onnx
 
     try:
@@ -65,7 +66,30 @@ def _load(path: str | Path):
         if dims and not dims[0].HasField("dim_value"):
             dims[0].ClearField("dim_param")
             dims[0].dim_value = 1
-    return onnx.shape_inference.infer_shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    if all(d.HasField("dim_value") for v in inferred.graph.value_info for d in v.type.tensor_type.shape.dim):
+        return inferred
+    return onnx.shape_inference.infer_shapes(_fold_constants(model), data_prop=True)
+
+
+def _fold_constants(model):
+    """ONNX Runtime's basic (standard-op) optimisations fold constant subgraphs such as computed pads."""
+    import tempfile
+
+    import onnx
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return model  # unknown shapes are then reported by graph_costs
+    with tempfile.TemporaryDirectory(prefix="edgeft-fold-") as tmp:
+        source, folded = Path(tmp) / "in.onnx", Path(tmp) / "folded.onnx"
+        onnx.save(model, str(source))
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(folded)
+        ort.InferenceSession(str(source), opts, providers=["CPUExecutionProvider"])
+        return onnx.load(str(folded))
 
 
 def graph_costs(path: str | Path) -> list[LayerCost]:

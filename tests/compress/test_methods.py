@@ -50,3 +50,13 @@ def test_linear_probe_changes_only_the_classifier(tmp_path, tiny_data):
     trained = load_file(str(out / "student" / "model.safetensors"))
     changed = {k for k in init if not torch.equal(init[k], trained[k])}
     assert changed == {"fc.weight", "fc.bias"}
+
+
+def test_linear_probe_on_a_conv_classifier(tmp_path, tiny_data):
+    """BiT's classifier is a 1×1 convolution: the probe's head must be written into it."""
+    out = tmp_path / "lp-bit"
+    args = tiny_args(tiny_data, out, "--method", "lp")
+    args[args.index("--student") + 1] = "resnetv2_50x1_bit"
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output + str(result.exception)
+    assert load_file(str(out / "student" / "model.safetensors"))["head.fc.weight"].shape == (3, 2048, 1, 1)

@@ -70,3 +70,35 @@ def test_macs_and_params_of_resnet18():
     model = models.create(models.resolve("resnet18", "none", role="student"), 10, role="student")
     assert models.count_params(model) == sum(p.numel() for p in timm.create_model("resnet18", num_classes=10).parameters())
     assert 1.7e9 < models.count_macs(model, 224) < 1.9e9  # ResNet-18: 1.8 GMACs at 224 px
+
+
+def _bit_npz(model, path) -> None:
+    """Writes `model` (a timm BiT ResNetV2) in the official BiT .npz layout (HWIO kernels)."""
+    import numpy as np
+
+    def hwio(t):
+        a = t.detach().numpy()
+        return a.transpose(2, 3, 1, 0) if a.ndim == 4 else a
+
+    out = {"resnet/root_block/standardized_conv2d/kernel": hwio(model.stem.conv.weight),
+           "resnet/group_norm/gamma": hwio(model.norm.weight), "resnet/group_norm/beta": hwio(model.norm.bias)}
+    for i, stage in enumerate(model.stages):
+        for j, block in enumerate(stage.blocks):
+            p = f"resnet/block{i + 1}/unit{j + 1:02d}/"
+            for letter, conv, norm in (("a", block.conv1, block.norm1), ("b", block.conv2, block.norm2),
+                                       ("c", block.conv3, block.norm3)):
+                out[f"{p}{letter}/standardized_conv2d/kernel"] = hwio(conv.weight)
+                out[f"{p}{letter}/group_norm/gamma"] = hwio(norm.weight)
+                out[f"{p}{letter}/group_norm/beta"] = hwio(norm.bias)
+            if block.downsample is not None:
+                out[f"{p}a/proj/standardized_conv2d/kernel"] = hwio(block.downsample.conv.weight)
+    np.savez(path, **out)
+
+
+def test_official_bit_npz_weights_load(tmp_path):
+    source = timm.create_model("resnetv2_50x1_bit", num_classes=0)
+    path = tmp_path / "BiT-M-R50x1.npz"
+    _bit_npz(source, path)
+    teacher = models.create(models.resolve("bit_m_r50x1", str(path), role="teacher"), 0, role="teacher")
+    for (name, mine), theirs in zip(teacher.model.state_dict().items(), source.state_dict().values()):
+        assert torch.equal(mine, theirs), name

@@ -10,6 +10,7 @@ concatenated into one feature vector (one `s`, one kernel). No data augmentation
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import random
@@ -21,6 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from edgeft import artifacts
+from edgeft.compress import kernels as fused
 from edgeft.compress import losses
 from edgeft.compress.methods.base import METHODS, Method, Recipe, TransferContext
 from edgeft.compress.methods.common import evaluate, probe_features
@@ -35,11 +37,9 @@ AFT_RECIPE = Recipe(epochs=30, lr=1e-3, optimizer="adam", schedule="cosine", wei
 WEIGHTS_LR = 1e-2  # Adam lr of the feature-weight logits `s`
 BETA_GRID = (3.0, 10.0, 30.0)
 HOLDOUT_FRACTION, HOLDOUT_SEED = 0.1, 42
-DISTANCES: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "linear": losses.kernel_distance,
-    "rbf": losses.rbf_kernel_distance,
-}
+KERNELS = ("linear", "rbf")
 WEIGHT_MODES = ("learned", "identity")
+Distance = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def check_choice(value: str, choices: Sequence[str], flag: str) -> str:
@@ -47,6 +47,13 @@ def check_choice(value: str, choices: Sequence[str], flag: str) -> str:
     if value not in choices:
         raise ConfigError(f"{flag}: " + unknown_name_message("value", str(value), list(choices)))
     return value
+
+
+def distance_for(kernel: str, kernels: str = "auto") -> Distance:
+    """The batch-kernel distance: linear through the `--kernels` dispatch (fused CUDA or the reference), or RBF."""
+    if kernel == "rbf":
+        return losses.rbf_kernel_distance
+    return functools.partial(fused.kernel_distance, kernels=kernels)
 
 
 def parse_beta(value: str | float) -> float | None:
@@ -91,7 +98,7 @@ class Indexed(Dataset):
 
 def aft_objective(
     student: nn.Module, teacher_features: torch.Tensor, weights: FeatureWeights, beta: float,
-    distance: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = losses.kernel_distance,
+    distance: Distance = losses.kernel_distance,
 ) -> LossFn:
     """The training loss on an `Indexed` batch: `CE(head(φ), y) + β·distance(φ, ψ, μ)` (Alg. 1, line 6)."""
 
@@ -128,7 +135,7 @@ class AdaptiveFeatureTransfer(Method):
         cfg = ctx.config
         beta = parse_beta(cfg.beta)
         learned = check_choice(cfg.aft_weights, WEIGHT_MODES, "--aft-weights") == "learned"
-        distance = DISTANCES[check_choice(cfg.aft_kernel, tuple(DISTANCES), "--aft-kernel")]
+        distance = distance_for(check_choice(cfg.aft_kernel, KERNELS, "--aft-kernel"), fused.check_mode(cfg.kernels))
         psi, dims = self._teacher_features(ctx)
         initial = copy.deepcopy(ctx.student.state_dict())
         grid: dict[str, float] = {}
@@ -161,7 +168,7 @@ class AdaptiveFeatureTransfer(Method):
 
     @staticmethod
     def _train(ctx: TransferContext, name: str, rows: Sequence[int], psi: torch.Tensor, beta: float,
-               learned: bool, distance, evaluate_fn: Callable[[], float]) -> FeatureWeights:
+               learned: bool, distance: Distance, evaluate_fn: Callable[[], float]) -> FeatureWeights:
         student = ctx.student
         weights = FeatureWeights(psi.shape[1], learned)
         loader = ctx.loader(Indexed(ctx.train_set(augment=False), rows))

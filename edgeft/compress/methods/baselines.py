@@ -36,7 +36,7 @@ def linear_probe(ctx: TransferContext) -> nn.Module:
     head, _ = train_linear_head(ctx, "student-probe", train, ctx.images.labels, val, ctx.val.labels)
     classifier = ctx.student.model.get_classifier()
     with torch.no_grad():
-        classifier.weight.copy_(head.weight)
+        classifier.weight.copy_(head.weight.view_as(classifier.weight))  # Linear, or a 1×1 conv (BiT)
         classifier.bias.copy_(head.bias)
     return ctx.student
 

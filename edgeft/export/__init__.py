@@ -1,0 +1,14 @@
+"""Exporters (ONNX, OpenVINO, TensorRT), one module each, registered in `EXPORTERS`.
+
+`export_run` is the library entry point behind `edgeft export`: it rebuilds the student
+from the run's card with timm (never importing `edgeft.compress`), exports each format ×
+precision, validates every engine against PyTorch and records them in `export.json`.
+"""
+from __future__ import annotations
+
+from edgeft.export.base import EXPORTERS, PRECISIONS, Exporter, ExportJob, ExportRecord
+from edgeft.export import onnx, openvino, tensorrt  # noqa: F401  (register the exporters)
+from edgeft.export.pipeline import check_request, export_run, read_records
+
+__all__ = ["EXPORTERS", "PRECISIONS", "Exporter", "ExportJob", "ExportRecord", "check_request", "export_run",
+           "read_records"]

@@ -1,0 +1,262 @@
+"""A run's report: report.md and a self-contained report.html with plots (matplotlib, PNG in base64).
+
+Reads only the run directory: summary.json, metrics.jsonl, export.json and the profile
+records in profiles/*.json (`edgeft profile RUN --target T`). Every latency says whether it
+was measured or estimated.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from edgeft import artifacts
+from edgeft.artifacts import RunDir
+from edgeft.errors import EdgeftError
+
+
+COLUMNS = ("target", "engine", "precision", "how", "p50 ms", "p90 ms", "p99 ms", "img/s", "top-1")
+DEFAULT_BACKEND = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torch"}
+TOP_LAYERS = 15
+
+
+@dataclass
+class Report:
+    """What the report shows: summary rows, figures (PNG bytes by title), and where files went."""
+
+    run: Path
+    summary: dict
+    rows: list[dict] = field(default_factory=list)
+    figures: dict[str, bytes] = field(default_factory=dict)
+    markdown: Path | None = None
+    html: Path | None = None
+
+
+def profile_records(run: RunDir) -> list[dict]:
+    """All profile records of the run, host first."""
+    files = sorted((run.root / "profiles").glob("*.json"), key=lambda p: (p.stem != "host", p.stem))
+    return [r for f in files for r in artifacts.read_json(f).get("records", [])]
+
+
+def summary_rows(records: list[dict]) -> list[dict]:
+    """One row per record: target, engine, precision, measured/estimated, latency, throughput, accuracy."""
+    rows = []
+    for r in records:
+        lat = r.get("latency_ms", {})
+        best = (r.get("throughput") or {}).get("best") or {}
+        rows.append({
+            "target": r.get("target", ""), "engine": _engine(r),
+            "precision": r.get("precision") or "", "how": r.get("label", ""),
+            "p50 ms": _num(lat.get("p50")), "p90 ms": _num(lat.get("p90")), "p99 ms": _num(lat.get("p99")),
+            "img/s": _num(best.get("images_per_s") or r.get("throughput", {}).get("images_per_s"), 1),
+            "top-1": f"{r['accuracy']:.2%}" if isinstance(r.get("accuracy"), (int, float)) else "",
+            "_p50": lat.get("p50"), "_accuracy": r.get("accuracy"),
+        })
+    return rows
+
+
+def _engine(record: dict) -> str:
+    """The format, with the runtime named when it is not the format's own (e.g. onnx on openvino)."""
+    fmt, backend = record.get("format") or "", record.get("backend") or ""
+    return fmt if DEFAULT_BACKEND.get(fmt) == backend else f"{fmt} ({backend})"
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else ""
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both lower latency and higher accuracy, by latency."""
+    front, best = [], -1.0
+    for lat, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if acc > best:
+            front.append((lat, acc))
+            best = acc
+    return front
+
+
+def _pyplot():
+    """matplotlib's pyplot on the headless Agg backend (optional dependency: the `report` extra)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise EdgeftError("matplotlib is not installed: pip install 'edgeft[report]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def plot_training(metrics: list[dict]) -> bytes | None:
+    """Loss and accuracy per epoch across the run's stages."""
+    rows = [m for m in metrics if "loss" in m]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.4))
+    x = list(range(1, len(rows) + 1))
+    ax_loss.plot(x, [m["loss"] for m in rows], marker="o", ms=3)
+    ax_loss.set(title="training loss", xlabel="epoch (all stages)", ylabel="loss")
+    for key, label in (("train_acc", "train"), ("val_acc", "validation")):
+        pts = [(i, m[key]) for i, m in zip(x, rows) if m.get(key) is not None]
+        if pts:
+            ax_acc.plot(*zip(*pts), marker="o", ms=3, label=label)
+    ax_acc.set(title="accuracy", xlabel="epoch (all stages)", ylabel="top-1")
+    ax_acc.legend(loc="lower right")
+    for ax in (ax_loss, ax_acc):
+        for i in range(1, len(rows)):
+            if rows[i].get("stage") != rows[i - 1].get("stage"):
+                ax.axvline(i + 0.5, color="grey", ls=":", lw=1)
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def plot_tradeoff(rows: list[dict]) -> bytes | None:
+    """Accuracy vs p50 latency per engine × precision × target; filled = measured, hollow = estimated."""
+    points = [r for r in rows if isinstance(r["_p50"], (int, float)) and isinstance(r["_accuracy"], (int, float))]
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    targets = sorted({r["target"] for r in points})
+    colours = dict(zip(targets, plt.cm.tab10.colors))
+    for r in points:
+        measured = r["how"] == "measured"
+        ax.scatter(r["_p50"], r["_accuracy"], s=46, color=colours[r["target"]] if measured else "none",
+                   edgecolors=colours[r["target"]], linewidths=1.5, zorder=3)
+        ax.annotate(f"{r['engine']} {r['precision']}", (r["_p50"], r["_accuracy"]), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    front = pareto([(r["_p50"], r["_accuracy"]) for r in points])
+    ax.step(*zip(*front), where="post", color="black", lw=1, ls="--", label="Pareto front", zorder=2)
+    for t in targets:
+        ax.scatter([], [], color=colours[t], label=t)
+    ax.scatter([], [], color="none", edgecolors="grey", label="hollow: estimated")
+    ax.set_xscale("log")
+    ax.set(xlabel="p50 latency, batch 1 (ms, log scale)", ylabel="top-1 accuracy", title="accuracy vs latency")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best")
+    return _png(fig)
+
+
+def plot_layers(record: dict) -> bytes | None:
+    """The slowest layers of one profile record as horizontal bars."""
+    layers = sorted(record.get("layers") or [], key=lambda layer: -layer["ms"])[:TOP_LAYERS]
+    if not layers:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(layers) + 1.2))
+    names = [f"{layer['name'][-38:]} ({layer['op'].split('/')[0]})" for layer in layers][::-1]
+    ax.barh(names, [layer["ms"] for layer in layers][::-1], color="#4c72b0" if record.get("label") == "measured" else "#dd8452")
+    ax.set(xlabel="ms per run (median)", title=f"slowest layers: {record.get('target')} {record.get('backend')} "
+                                               f"{record.get('precision') or ''} ({record.get('label')})")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.grid(alpha=0.3, axis="x")
+    return _png(fig)
+
+
+def build_report(run_dir: str | Path) -> Report:
+    """Collects the run's results and draws the figures (no files written)."""
+    run = RunDir(run_dir)
+    if not run.summary.exists():
+        raise EdgeftError(f"{run.root}: no summary.json; run `edgeft compress --out {run.root}` first")
+    report = Report(run.root, artifacts.read_json(run.summary))
+    records = profile_records(run)
+    report.rows = summary_rows(records)
+    figures = {"Training curves": plot_training(artifacts.read_jsonl(run.metrics)),
+               "Accuracy vs latency": plot_tradeoff(report.rows)}
+    for label in ("measured", "estimated"):  # the fastest engine of each kind: the one a user would deploy
+        with_layers = [r for r in records if r.get("label") == label and r.get("layers")]
+        if with_layers:
+            fastest = min(with_layers, key=lambda r: r.get("latency_ms", {}).get("p50") or float("inf"))
+            figures[f"Per-layer time ({label}, {fastest.get('target')})"] = plot_layers(fastest)
+    report.figures = {k: v for k, v in figures.items() if v}
+    return report
+
+
+def write_report(run_dir: str | Path) -> Report:
+    """Writes report.md (+ report/*.png) and the self-contained report.html into the run."""
+    report = build_report(run_dir)
+    assets = report.run / "report"
+    pngs = {}
+    for title, data in report.figures.items():
+        name = "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-") + ".png"
+        artifacts.write_bytes(assets / name, data)
+        pngs[title] = f"report/{name}"
+    report.markdown = artifacts.write_text(report.run / "report.md", _markdown(report, pngs))
+    report.html = artifacts.write_text(report.run / "report.html", _html(report))
+    return report
+
+
+def _facts(report: Report) -> list[tuple[str, str]]:
+    s = report.summary
+    student, teacher, data = s.get("student", {}), s.get("teacher") or {}, s.get("data", {})
+    acc = student.get("accuracy")
+    return [("method", str(s.get("method", ""))), ("teacher", str(teacher.get("name", "—"))),
+            ("student", f"{student.get('name', '')} ({student.get('params', 0) / 1e6:.2f} M params, "
+                        f"{student.get('macs', 0) / 1e6:.0f} MMACs)"),
+            ("student accuracy", f"{acc:.2%}" if isinstance(acc, (int, float)) else "—"),
+            ("data", f"{data.get('train_images', '?')} training / {data.get('val_images', '?')} validation images, "
+                     f"{data.get('classes', '?')} classes")]
+
+
+NOTE = ("*measured*: timed on the device (warm-up, then runs until both the iteration and time minimum; "
+        "compute only on a prepared batch). *estimated*: roofline over the ONNX graph against the target's "
+        "published peaks, calibrated as each profile record's `calibration` field says — not a measurement.")
+
+
+def _markdown(report: Report, pngs: dict[str, str]) -> str:
+    lines = [f"# edgeft report: {report.run.name}", "", f"Generated {_now()}.", ""]
+    lines += [f"- **{k}**: {v}" for k, v in _facts(report)] + ["", "## Latency per target", ""]
+    if report.rows:
+        lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        lines += ["| " + " | ".join(r[c] for c in COLUMNS) + " |" for r in report.rows]
+    else:
+        lines.append("No profiles yet: run `edgeft profile RUN_DIR --target T`.")
+    lines += ["", NOTE, ""]
+    for title, path in pngs.items():
+        lines += [f"## {title}", "", f"![{title}]({path})", ""]
+    return "\n".join(lines)
+
+
+def _html(report: Report) -> str:
+    esc = html.escape
+    facts = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in _facts(report))
+    head = "".join(f"<th>{esc(c)}</th>" for c in COLUMNS)
+    body = "".join("<tr class='{}'>{}</tr>".format(esc(r["how"]), "".join(f"<td>{esc(r[c])}</td>" for c in COLUMNS))
+                   for r in report.rows) or f"<tr><td colspan='{len(COLUMNS)}'>no profiles yet</td></tr>"
+    figures = "".join(
+        f"<figure><figcaption>{esc(t)}</figcaption><img alt='{esc(t)}' "
+        f"src='data:image/png;base64,{base64.b64encode(png).decode()}'></figure>" for t, png in report.figures.items())
+    note = esc(NOTE).replace("*measured*", "<b>measured</b>").replace("*estimated*", "<b>estimated</b>")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>edgeft report: {esc(report.run.name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1000px; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: left; }}
+tr.estimated td {{ color: #8a5a00; font-style: italic; }}
+figure {{ margin: 1.5rem 0; }} figcaption {{ font-weight: 600; margin-bottom: 0.4rem; }}
+img {{ max-width: 100%; }} .note {{ font-size: 0.85rem; color: #555; }}
+</style></head><body>
+<h1>edgeft report: {esc(report.run.name)}</h1><p class="note">Generated {esc(_now())}.</p>
+<table>{facts}</table>
+<h2>Latency per target</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<p class="note">{note}</p>
+{figures}
+</body></html>
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

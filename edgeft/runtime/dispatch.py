@@ -1,0 +1,153 @@
+"""`edgeft profile ENGINE|RUN_DIR --target T`: measure here, on a device's agent, or estimate.
+
+`host` is measured on this machine; `--remote URL` ships engines to an agent on the device
+(measured there); any other target is estimated from the ONNX graph (labelled so). For a
+run directory every engine in export.json is handled and the records are written to
+`profiles/<target>.json`, which the report reads.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeft import artifacts
+from edgeft.errors import EdgeftError
+from edgeft.runtime import BACKENDS, backend_for
+from edgeft.runtime.base import precision_from_name
+from edgeft.runtime.profile import ProfileConfig, profile_engine
+from edgeft.targets import BACKEND_FORMATS, Target, get_target
+from edgeft.targets.estimate import estimate
+
+log = logging.getLogger(__name__)
+
+FORMAT_BACKEND = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torch"}
+
+
+@dataclass(frozen=True)
+class EngineRef:
+    """One engine of a run: its file, format, precision and validated accuracy."""
+
+    path: Path
+    format: str
+    precision: str
+    accuracy: float | None = None
+
+
+def run_engines(run_dir: Path) -> list[EngineRef]:
+    """The student (torch) and every exported engine file recorded in export.json."""
+    refs = []
+    summary = run_dir / "summary.json"
+    if (run_dir / "student" / "card.json").is_file():
+        accuracy = artifacts.read_json(summary).get("student", {}).get("accuracy") if summary.exists() else None
+        refs.append(EngineRef(run_dir, "torch", "fp32", accuracy))
+    manifest = run_dir / "export.json"
+    for row in artifacts.read_json(manifest).get("engines", []) if manifest.exists() else []:
+        path = run_dir / row["path"]
+        if path.is_file():
+            refs.append(EngineRef(path, row["format"], row["precision"], row.get("accuracy")))
+    return refs
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / "student" / "card.json").is_file() or (path / "export.json").is_file())
+
+
+def profile_on_target(path: str | Path, target: str = "host", backend: str | None = None,
+                      cfg: ProfileConfig = ProfileConfig(), precision: str | None = None,
+                      remote: str | None = None, token: str | None = None) -> list[dict[str, Any]]:
+    """Profile records for an engine file or a whole run on `target` (see the module doc)."""
+    path, tgt = Path(path), get_target(target)
+    backend = BACKENDS.canonical(backend) if backend else None
+    if remote and not token:
+        raise EdgeftError("--remote needs --token (the one the agent was started with)")
+    run = is_run_dir(path)
+    if run:
+        refs = [r for r in run_engines(path) if backend is None or FORMAT_BACKEND[r.format] == backend]
+        if not refs:
+            raise EdgeftError(f"{path}: no {backend or 'engine'} to profile; run `edgeft export {path}` first")
+    elif path.is_file() or path.is_dir():
+        fmt = {"onnxruntime": "onnx"}.get(backend_for(path), backend_for(path))
+        refs = [EngineRef(path, fmt, precision_from_name(path) or "fp32")]
+    else:
+        raise EdgeftError(f"{path}: no such engine file or run directory")
+    if remote:
+        records = _remote(refs, tgt, backend, cfg, remote, token)
+    elif tgt.measured:
+        records = _measure(refs, backend, cfg, precision, strict=not run)
+    else:
+        records = _estimate(refs, tgt, backend, precision)
+    for record in records:
+        record.setdefault("target", tgt.name)
+        if run:  # run-relative, so that re-profiling replaces the same records
+            relative = Path(os.path.relpath(Path(record["engine"]).resolve(), path.resolve())).as_posix()
+            record["engine"] = "student" if relative == "." else relative
+    if run:
+        save_records(path / "profiles" / f"{tgt.name}.json", tgt.name, records)
+    return records
+
+
+def _key(record: dict) -> tuple:
+    return record.get("engine"), record.get("backend"), record.get("precision"), record.get("label")
+
+
+def save_records(path: Path, target: str, records: list[dict]) -> Path:
+    """Writes the target's profile file, replacing earlier records of the same engine/backend/precision."""
+    old = artifacts.read_json(path).get("records", []) if path.exists() else []
+    fresh = {_key(r) for r in records}
+    return artifacts.write_json(path, {"target": target, "records": [r for r in old if _key(r) not in fresh] + records})
+
+
+def _annotate(record: dict, ref: EngineRef) -> dict:
+    record.update(engine=str(ref.path), format=ref.format, accuracy=ref.accuracy)
+    record["precision"] = record.get("precision") or ref.precision
+    return record
+
+
+def _measure(refs: list[EngineRef], backend: str | None, cfg: ProfileConfig, precision: str | None,
+             strict: bool) -> list[dict]:
+    records = []
+    for ref in refs:
+        name = backend or FORMAT_BACKEND[ref.format]
+        if ref.format == "tensorrt" and ref.path.suffix == ".onnx" and not backend:
+            continue  # a device-side build recipe, not an engine for this machine
+        if not BACKENDS.get(name).available() and not strict:
+            log.warning("skipping %s: %s is not installed here", ref.path.name, name)
+            continue
+        records.append(_annotate(profile_engine(ref.path, name, cfg, precision=precision), ref))
+    return records
+
+
+def _remote(refs: list[EngineRef], tgt: Target, backend: str | None, cfg: ProfileConfig, url: str,
+            token: str) -> list[dict]:
+    from edgeft.runtime.agent import profile_remote
+
+    records = []
+    for ref in refs:
+        name = backend or FORMAT_BACKEND[ref.format]
+        if ref.format == "torch" or (not backend and name not in tgt.backends and tgt.name != "host"):
+            continue
+        records.append(_annotate(profile_remote(ref.path, url, token, name, cfg), ref))
+    if not records:
+        raise EdgeftError(f"--remote: no engine for {tgt.name}'s runtimes ({', '.join(tgt.backends)}); "
+                          f"export one with `edgeft export --format {','.join(tgt.formats())}`")
+    return records
+
+
+def _estimate(refs: list[EngineRef], tgt: Target, backend: str | None, precision: str | None) -> list[dict]:
+    """One estimate per target precision, each from the ONNX of that precision (else the fp32 one)."""
+    onnx = {r.precision: r for r in refs if r.path.suffix == ".onnx"}
+    if not onnx:
+        raise EdgeftError(f"estimates for {tgt.name} need the ONNX graph; pass the .onnx file or a run "
+                          "directory exported with --format onnx")
+    backend = backend or tgt.backends[0]
+    records = []
+    for p in [precision] if precision else tgt.precisions:
+        exact = onnx.get(p)
+        ref = exact or onnx.get("fp32") or next(iter(onnx.values()))
+        record = estimate(ref.path, tgt, backend, p)
+        fmt = BACKEND_FORMATS.get(backend) or backend
+        records.append(_annotate(record, EngineRef(ref.path, fmt, p, exact.accuracy if exact else None)))
+    return records

@@ -1,0 +1,138 @@
+"""Exporters: every format × precision exports and validates; ONNX matches PyTorch independently."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from edgeft.errors import EdgeftError
+from edgeft.export import EXPORTERS, PRECISIONS, export_run, read_records
+from edgeft.export import tensorrt as trt_export
+from edgeft.export.onnx import CARD_KEY, OnnxExporter
+from edgeft.export.quantize import label_of, read_split
+from edgeft.export.validate import Tolerance
+
+pytest.importorskip("openvino", reason="the openvino extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def exported(shared_run):
+    """Every registered format at every precision, once for the module."""
+    records = export_run(shared_run.root, EXPORTERS.names(), PRECISIONS, calib=8)
+    return {(r.format, r.precision): r for r in records}
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("fmt", EXPORTERS.names())
+def test_every_format_and_precision_is_validated(exported, shared_run, fmt, precision):
+    record = exported[(fmt, precision)]
+    assert record.passed and record.images == 18
+    assert (shared_run.root / record.path).is_file()
+    assert record.size_bytes >= (shared_run.root / record.path).stat().st_size
+    assert record.top1_agreement == 1.0 and record.cosine > 0.99
+    assert record.max_abs_diff < {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.5}[precision]
+    assert record.versions["torch"] == torch.__version__.split("+")[0]
+    stored = {(r.format, r.precision): r for r in read_records(shared_run.root)}
+    assert stored[(fmt, precision)] == record
+
+
+def test_int8_and_fp16_shrink_the_engine(exported):
+    sizes = {p: exported[("onnx", p)].size_bytes for p in PRECISIONS}
+    assert sizes["int8"] < 0.4 * sizes["fp32"] and sizes["fp16"] < 0.6 * sizes["fp32"]
+
+
+def test_reference_and_calibration_files(exported, shared_run):
+    ref = np.load(shared_run.root / "ref.npz")
+    assert ref["images"].dtype == np.uint8 and ref["images"].shape == (18, 3, 32, 32)
+    assert ref["logits"].shape == (18, 3) and ref["labels"].tolist().count(0) == 6
+    calib = np.load(shared_run.root / "calib.npz")
+    assert calib["images"].shape == (8, 3, 32, 32)
+
+
+def test_independent_onnxruntime_reproduces_pytorch(exported, shared_run):
+    import onnx
+    import onnxruntime as ort
+
+    path = shared_run.root / exported[("onnx", "fp32")].path
+    model = timm.create_model("test_resnet", num_classes=3, exportable=True).eval()
+    model.load_state_dict(load_file(str(shared_run.student_weights)))
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(5, 3, 32, 32)).astype(np.float32))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(got - expected).max() <= 1e-4
+    proto = onnx.load(str(path))
+    assert proto.opset_import[0].version >= 17
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    card = json.loads({p.key: p.value for p in proto.metadata_props}[CARD_KEY])
+    assert card["class_names"] == ["blue", "green", "red"] and card["input_size"] == [3, 32, 32]
+
+
+@pytest.mark.skipif(trt_export.unavailable() is None, reason="tensorrt and a GPU are present: engines are built")
+def test_tensorrt_without_gpu_writes_onnx_and_recipe(exported, shared_run):
+    record = exported[("tensorrt", "fp16")]
+    assert record.path.endswith("model-fp16.onnx") and "build the engine on the target device" in record.note
+    assert "\n" not in record.note
+    assert "--stronglyTyped" in record.recipe["trtexec"] and "--maxShapes=input:64x3x32x32" in record.recipe["trtexec"]
+    assert record.recipe["edgeft"].endswith("--format tensorrt --precision fp16")
+    script = shared_run.root / "engines" / "tensorrt" / "build-fp16.sh"
+    assert script.stat().st_mode & 0o111 and record.recipe["trtexec"] in script.read_text()
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@pytest.mark.skipif(trt_export.unavailable() is not None, reason="needs tensorrt and a CUDA GPU")
+def test_tensorrt_engine_builds_and_validates(tiny_run):
+    records = export_run(tiny_run.root, ["tensorrt"], PRECISIONS, calib=8)
+    for record in records:
+        assert record.path.endswith(".engine") and record.passed and not record.note
+        assert record.validated_with.startswith("tensorrt")
+    assert (tiny_run.engines / "tensorrt" / "timing.cache").is_file()
+
+
+def test_failed_validation_deletes_the_engine_and_keeps_the_others(tiny_run, monkeypatch):
+    impossible = Tolerance(atol=0.0, min_cosine=1.1, min_top1=1.0, max_accuracy_drop=0.0)
+    monkeypatch.setattr(OnnxExporter, "tolerances", {**OnnxExporter.tolerances, "fp32": impossible})
+    with pytest.raises(EdgeftError, match="onnx fp32 export failed validation .*cosine.*engine was deleted"):
+        export_run(tiny_run.root, ["onnx"], ["fp16", "fp32"])
+    assert not (tiny_run.engines / "onnx" / "model-fp32.onnx").exists()
+    assert (tiny_run.engines / "onnx" / "model-fp16.onnx").exists()
+    assert [(r.format, r.precision) for r in read_records(tiny_run.root)] == [("onnx", "fp16")]
+
+
+def test_export_from_a_given_onnx(exported, shared_run):
+    records = export_run(shared_run.root, ["ov"], ["fp32"], onnx=shared_run.root / exported[("onnx", "fp32")].path)
+    assert records[0].format == "openvino" and records[0].passed
+
+
+def test_reader_matches_compress_evaluation(tiny_run):
+    from edgeft.compress.data import ImageDataset, build_transform, open_image_folder
+
+    split = json.loads(tiny_run.data_split.read_text())
+    images, labels = read_split(tiny_run, "val", 100, 32)
+    splits = open_image_folder(split["source"])
+    val = ImageDataset(splits.store, splits.val, 32, build_transform(32, train=False))
+    assert len(images) == len(val) == 18 and set(labels.tolist()) == {0, 1, 2}
+    ours = {(int(lbl), img.tobytes()) for img, lbl in zip(images, labels)}
+    theirs = {(int(y), (x * 255).round().to(torch.uint8).numpy().tobytes()) for x, y in val}
+    assert ours == theirs
+
+
+def test_label_of_takes_the_deepest_class_folder():
+    assert label_of("cifar10/train/cat/sub/0001.jpg", ["cat", "dog"]) == 0
+    assert label_of("dog/0001.jpg", ["cat", "dog"]) == 1
+    with pytest.raises(EdgeftError, match="no class folder"):
+        label_of("train/0001.jpg", ["cat", "dog"])
+
+
+def test_export_never_imports_compress():
+    code = ("import sys, edgeft.export; "
+            "bad = [m for m in sys.modules if m.startswith('edgeft.compress')]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

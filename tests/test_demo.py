@@ -1,0 +1,36 @@
+"""The bundled demo: within its size budget, loadable offline, and runnable end to end."""
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from edgeft.cli import cli
+from edgeft.compress import data, models
+
+DEMO = models.DEMO_DIR
+
+
+def test_demo_files_fit_their_budgets():
+    assert (DEMO / "teacher.safetensors").stat().st_size <= 15 * 2**20
+    assert (DEMO / "downstream.zip").stat().st_size <= 3 * 2**20
+    card = json.loads((DEMO / "teacher.json").read_text())
+    assert card["upstream_accuracy"] > 0.5  # pretrained for real, not random weights
+
+
+def test_demo_data_is_a_few_shot_downstream_split():
+    splits = data.open_image_folder("demo")
+    assert splits.classes == ["bird", "cat", "deer", "dog", "frog"]
+    assert len(splits.train) == 1500 and len(splits.val) == 500
+    assert not set(json.loads((DEMO / "teacher.json").read_text())["upstream_classes"]) & set(splits.classes)
+
+
+def test_demo_runs_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "demo"
+    args = ["compress", "--teacher", "demo", "--data", "demo", "--shots", "8", "--epochs", "1", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["teacher"]["name"] == "resnet10t" and summary["student"]["name"] == "resnet18"
+    assert summary["data"] == {"train_images": 40, "val_images": 500, "classes": 5}

@@ -1,0 +1,79 @@
+"""report.md / report.html from a run directory's JSON (no training needed)."""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgeft.cli import cli
+from edgeft.errors import EdgeftError
+from edgeft.report import build_report, pareto, write_report
+
+
+def fake_run(root: Path) -> Path:
+    """A run with a summary, two stages of metrics and measured + estimated profiles."""
+    root.mkdir(parents=True)
+    (root / "summary.json").write_text(json.dumps({
+        "method": "kd", "teacher": {"name": "resnet50", "params": 25e6, "accuracy": 0.9},
+        "student": {"name": "resnet18", "params": 11e6, "macs": 1.8e9, "accuracy": 0.85},
+        "data": {"train_images": 100, "val_images": 50, "classes": 5}, "seconds": 10}))
+    rows = [{"stage": s, "epoch": e, "loss": 1.0 / (e + i), "train_acc": 0.5 + 0.1 * e, "val_acc": 0.5 + 0.08 * e}
+            for i, s in enumerate(["probe", "finetune"]) for e in (1, 2, 3)]
+    (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    layers = [{"name": f"conv{i}", "op": "Conv", "ms": 0.1 * i} for i in range(1, 25)]
+    measured = [{"label": "measured", "target": "host", "format": "onnx", "backend": "onnxruntime", "precision": p,
+                 "latency_ms": {"p50": lat, "p90": lat * 1.1, "p99": lat * 1.3}, "accuracy": acc, "layers": layers,
+                 "throughput": {"best": {"batch": 8, "images_per_s": 1000 / lat}}}
+                for p, lat, acc in (("fp32", 4.0, 0.85), ("int8", 2.0, 0.84), ("fp16", 5.0, 0.80))]
+    estimated = [{"label": "estimated", "target": "jetson-orin-nano-8gb", "format": "tensorrt", "backend": "tensorrt",
+                  "precision": "fp16", "latency_ms": {"p50": 1.5}, "accuracy": 0.85, "layers": layers[:5],
+                  "throughput": {"best": {"batch": 16, "images_per_s": 2000}}}]
+    (root / "profiles").mkdir()
+    (root / "profiles" / "host.json").write_text(json.dumps({"target": "host", "records": measured}))
+    (root / "profiles" / "jetson-orin-nano-8gb.json").write_text(json.dumps({"records": estimated}))
+    return root
+
+
+def test_pareto_front_keeps_only_undominated_points() -> None:
+    points = [(4.0, 0.85), (2.0, 0.84), (5.0, 0.80), (1.5, 0.85), (3.0, 0.83)]
+    assert pareto(points) == [(1.5, 0.85)]
+    assert pareto([(1, 0.5), (2, 0.7), (3, 0.6), (4, 0.9)]) == [(1, 0.5), (2, 0.7), (4, 0.9)]
+
+
+def test_report_has_rows_figures_and_a_self_contained_html(tmp_path: Path) -> None:
+    report = write_report(fake_run(tmp_path / "run"))
+    assert [r["how"] for r in report.rows] == ["measured"] * 3 + ["estimated"]  # host first
+    assert set(report.figures) == {"Training curves", "Accuracy vs latency", "Per-layer time (measured, host)",
+                                   "Per-layer time (estimated, jetson-orin-nano-8gb)"}
+    html = report.html.read_text()
+    assert html.count("data:image/png;base64,") == 4 and "src='report/" not in html and "http" not in html
+    png = base64.b64decode(html.split("data:image/png;base64,")[1].split("'")[0])
+    assert png.startswith(b"\x89PNG")
+    md = report.markdown.read_text()
+    assert "| host | onnx | int8 | measured | 2.000 |" in md and "estimated" in md
+    assert all((report.run / "report" / name).is_file() for name in ("training-curves.png", "accuracy-vs-latency.png"))
+
+
+def test_report_without_profiles_says_how_to_get_them(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "run")
+    for f in (run / "profiles").iterdir():
+        f.unlink()
+    report = write_report(run)
+    assert report.rows == [] and "edgeft profile RUN_DIR --target" in report.markdown.read_text()
+    assert "Training curves" in report.figures and "Accuracy vs latency" not in report.figures
+
+
+def test_report_needs_a_summary(tmp_path: Path) -> None:
+    with pytest.raises(EdgeftError, match="no summary.json"):
+        build_report(tmp_path)
+    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "no summary.json" in result.output
+
+
+def test_report_cli_prints_the_summary_table(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["report", str(fake_run(tmp_path / "run"))], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "edgeft report" in result.output and "estimated" in result.output and "report.html" in result.output
