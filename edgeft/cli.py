@@ -86,7 +86,7 @@ def _method_names() -> list[str]:
 @click.option("--shots", type=int, help="Images per class to keep (instead of --fraction).")
 @click.option("--val-fraction", type=float, help="Held-out share of a flat class-per-folder tree [0.2].")
 @click.option("--seed", type=int, help="Seed for sampling, init and data order [0].")
-@click.option("--method", help="Transfer method: " + ", ".join(["stl", "lp", "lp-ft", "kd", "fkd", "aft", "kdep", "…"]) + " (see `edgeft methods`).")
+@click.option("--method", help="Transfer method, from the METHODS registry (list: `edgeft methods`) [stl].")
 @click.option("--epochs", type=int, help="Epochs of the main stage (method default otherwise).")
 @click.option("--steps", type=int, help="Optimiser steps of the main stage (overrides --epochs).")
 @click.option("--batch-size", type=int, help="Batch size [64].")

@@ -25,7 +25,7 @@ from edgeft.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 # Options that may differ between a run and its --resume (they do not change the result).
-RESUME_FREE = {"resume", "out", "device", "workers"}
+RESUME_FREE = {"resume", "out", "device", "workers", "formats", "precisions", "target"}
 
 
 def resolve_device(name: str) -> torch.device:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 ENGINE_SUFFIXES = (".onnx", ".xml", ".engine", ".plan", ".trt")
 DATA_SUFFIXES = (".bin", ".data")  # OpenVINO weights, ONNX external data
 MAX_FILES = 8
+DRAIN_BYTES = 64 * 1024  # a refused body up to this size is read and dropped, never stored
 
 
 @dataclass(frozen=True)
@@ -97,19 +98,27 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _refuse(self, status: int, error: str) -> None:
+        """Answers an error before reading the body; a small body is drained (into nothing) so that
+        closing the connection does not reset it under the client's feet."""
+        length = self.headers.get("Content-Length", "")
+        if length.isdigit() and 0 < int(length) <= DRAIN_BYTES:
+            self.rfile.read(int(length))
+        self._reply(status, {"error": error})
+
     def _authorised(self) -> bool:
         given = self.headers.get("Authorization", "")
         expected = f"Bearer {self.server.cfg.token}"
         if hmac.compare_digest(given.encode(), expected.encode()):
             return True
-        self._reply(401, {"error": "missing or wrong token"})
+        self._refuse(401, "missing or wrong token")
         return False
 
     def do_GET(self) -> None:
         if not self._authorised():
             return
         if urllib.parse.urlsplit(self.path).path != "/info":
-            return self._reply(404, {"error": "unknown path; use GET /info or POST /profile"})
+            return self._refuse(404, "unknown path; use GET /info or POST /profile")
         self._reply(200, {"name": self.server.cfg.name or host_info()["hostname"], "host": host_info(),
                           "backends": {n: BACKENDS.get(n).available() for n in BACKENDS},
                           "max_upload_bytes": int(self.server.cfg.max_upload_mb * 2**20)})
@@ -119,13 +128,13 @@ class Handler(BaseHTTPRequestHandler):
             return
         url = urllib.parse.urlsplit(self.path)
         if url.path != "/profile":
-            return self._reply(404, {"error": "unknown path; use POST /profile"})
+            return self._refuse(404, "unknown path; use POST /profile")
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
-            return self._reply(411, {"error": "Content-Length required"})
+            return self._refuse(411, "Content-Length required")
         limit = int(self.server.cfg.max_upload_mb * 2**20)
         if int(length) > limit:
-            return self._reply(413, {"error": f"upload of {int(length)} bytes exceeds the limit of {limit}"})
+            return self._refuse(413, f"upload of {int(length)} bytes exceeds the limit of {limit}")
         params = dict(urllib.parse.parse_qsl(url.query))
         body = self.rfile.read(int(length))
         folder = self.server.storage / uuid.uuid4().hex

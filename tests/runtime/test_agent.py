@@ -1,8 +1,10 @@
 """The profiling agent over loopback: round trip, token checks, size limit, upload hygiene."""
 from __future__ import annotations
 
+import http.client
 import io
 import json
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -67,12 +69,19 @@ def test_missing_or_wrong_token_is_401_and_stores_nothing(agent: AgentServer, ti
         profile_remote(tiny_onnx, agent.url, token or "x" * 10, cfg=QUICK)
 
 
-def test_oversized_upload_is_refused(agent: AgentServer, tmp_path: Path) -> None:
-    big = tmp_path / "big.onnx"
-    big.write_bytes(__import__("os").urandom(2 * 2**20))  # incompressible, over the 1 MB limit
-    status, body = _post(agent.url, _zip({"big.onnx": big.read_bytes()}), TOKEN)
-    assert status == 413 and "exceeds" in body["error"]
+def test_oversized_upload_is_refused_before_its_body_is_read(agent: AgentServer, tmp_path: Path) -> None:
+    host, port = agent.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn.putrequest("POST", "/profile")
+    conn.putheader("Authorization", f"Bearer {TOKEN}")
+    conn.putheader("Content-Length", str(2 * 2**20))  # over the 1 MB limit; no body is sent
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and "exceeds" in json.loads(response.read())["error"]
+    conn.close()
     assert list(agent.storage.iterdir()) == []
+    big = tmp_path / "big.onnx"
+    big.write_bytes(os.urandom(2 * 2**20))  # incompressible: the client refuses it before uploading
     with pytest.raises(EdgeftError, match="upload limit"):
         profile_remote(big, agent.url, TOKEN, cfg=QUICK)
 

@@ -136,6 +136,9 @@ class AdaptiveFeatureTransfer(Method):
         beta = parse_beta(cfg.beta)
         learned = check_choice(cfg.aft_weights, WEIGHT_MODES, "--aft-weights") == "learned"
         distance = distance_for(check_choice(cfg.aft_kernel, KERNELS, "--aft-kernel"), fused.check_mode(cfg.kernels))
+        if ctx.student_spec.weights == "none":
+            log.warning("aft: the student starts from random weights; AFT regularises the fine-tuning of a pretrained "
+                        "student and trains without augmentation, so expect it to trail kdep or stl here")
         psi, dims = self._teacher_features(ctx)
         initial = copy.deepcopy(ctx.student.state_dict())
         grid: dict[str, float] = {}
