@@ -68,6 +68,14 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
 
 
+BATCH_PROFILE_HELP = ("Dynamic batch axis with this MIN,OPT,MAX profile (e.g. 1,8,32; also the TensorRT "
+                      "optimisation profile; profiled at each point) [static batch 1].")
+MAX_DROP_HELP = ("INT8 may lose at most POINTS of accuracy on the held-out images: other calibrators, then the "
+                 "most sensitive layers kept in float; INT8 is refused if the bound cannot hold [int8 tolerance: 2].")
+FAIL_IF_HELP = ('CI gate: exit 3 when this holds for any engine, e.g. "top1_drop>1.0 or p99_ms>8" '
+                '(metrics: top1_drop, accuracy, agreement, size_mb, p50_ms, p90_ms, p99_ms, fps, first_inference_ms, peak_mb).')
+
+
 def _method_names() -> list[str]:
     from edgeft.compress.methods import METHODS
 
@@ -103,14 +111,22 @@ def _method_names() -> list[str]:
 @click.option("--format", "formats", help="Export right after compressing: comma-separated onnx, openvino, tensorrt.")
 @click.option("--precision", "precisions", help="Precisions of those exports: comma-separated fp32, fp16, int8 [fp32].")
 @click.option("--target", help="Deploy to this device (see `edgeft targets`): export its formats, profile, write the report.")
+@click.option("--max-drop", type=float, metavar="POINTS", help=MAX_DROP_HELP)
+@click.option("--batch-profile", help=BATCH_PROFILE_HELP)
 @click.option("--beta", help="aft: weight of the kernel distance, a number >= 0, or 'auto' to pick 3/10/30 on a 10% hold-out (~4x the training) [10].")
 @click.option("--aft-weights", type=click.Choice(["learned", "identity"]), help="aft: learned feature weights or identity (ablation) [learned].")
 @click.option("--aft-kernel", type=click.Choice(["linear", "rbf"]), help="aft: batch kernel (rbf: ablation) [linear].")
 @click.option("--unlabeled", help="kdep: directory or .zip of distillation images [the labelled train images, labels unused].")
 @click.option("--align", type=click.Choice(["svd", "linear", "channel-select"]), help="kdep: teacher→student dimension alignment [svd].")
 @click.option("--transform", type=click.Choice(["pts", "none", "std-norm"]), help="kdep: transform of the aligned teacher target [pts].")
+@click.option("--pack", help="irf: VQGAN pack directory made by `edgeft prime`, or 'demo'.")
+@click.option("--search/--no-search", default=None, help="irf: pick the paper's lr/wd grids on a 10% hold-out of train (~7x the training).")
+@click.option("--deliver-data", type=click.Choice(["rec", "original", "mixed"]), help="irf: images of the frozen-backbone head stage (ablation) [rec].")
+@click.option("--calib-data", type=click.Choice(["original", "rec", "mixed"]), help="irf: images of the all-parameter stage (ablation) [original].")
+@click.option("--teacher-from", help="A finished run directory whose model (e.g. irf's adapted teacher) is the teacher.")
+@click.option("--fail-if", "fail_if", help=FAIL_IF_HELP)
 @click.pass_context
-def compress(ctx: click.Context, config_file: str | None, **options: Any) -> None:
+def compress(ctx: click.Context, config_file: str | None, fail_if: str | None, **options: Any) -> None:
     """Transfer a teacher's knowledge into a small student with few labelled images."""
     from edgeft.compress.pipeline import run_compress
     from edgeft.config import CompressConfig, build_config
@@ -125,18 +141,79 @@ def compress(ctx: click.Context, config_file: str | None, **options: Any) -> Non
         from edgeft.deploy import with_target_exports
 
         cfg = with_target_exports(cfg)
+    gate = _gate(fail_if, "compress", exported=bool(cfg.formats), target=cfg.target)  # a bad --fail-if fails now
     if cfg.formats:  # a typo in --format fails now, not after training
         cfg = _prepare_export(cfg)
+        checked = _preflight(cfg)  # so does an op the student cannot export or a runtime cannot run
     summary = run_compress(cfg, {k: options[k] for k in explicit}, progress=RichProgress)
     _show_summary(summary)
     if cfg.formats:
-        from edgeft.export import export_run
+        from edgeft.export import BatchShape, export_run
 
-        _show_exports(export_run(cfg.out, cfg.formats, cfg.precisions))
+        _show_exports(export_run(cfg.out, cfg.formats, cfg.precisions, batch=BatchShape.parse(profile=cfg.batch_profile),
+                                 opset=checked.opset, max_drop=cfg.max_drop))
     if cfg.target:
         from edgeft.deploy import profile_and_report
 
         _show_report(profile_and_report(cfg.out, cfg.target))
+    if gate:
+        from edgeft.gate import run_rows
+
+        _judge(gate, run_rows(cfg.out, cfg.target, bool(cfg.formats)))
+
+
+def _preflight(cfg: Any) -> Any:
+    """Exports the untrained student to the requested formats before training (edgeft.export.preflight)."""
+    from edgeft.deploy import preflight_student
+
+    checked = preflight_student(cfg)
+    console.print(checked.summary(), highlight=False, soft_wrap=True)
+    return checked
+
+
+def _gate(expression: str | None, command: str, **facts: Any) -> Any:
+    """The parsed --fail-if, checked at the command's entry (None when not given)."""
+    from edgeft.gate import for_command
+
+    return for_command(expression, command, **facts) if expression else None
+
+
+def _judge(gate: Any, rows: list[dict]) -> None:
+    """Raises GateFailed (exit 3) naming the violated figures, else prints that the gate passed."""
+    console.print(gate.judge(rows), highlight=False, soft_wrap=True)
+
+
+@cli.command()
+@click.option("--data", required=True, help="Upstream ImageFolder directory or .zip (train/ is trained on; val/ or test/ gives the held-out images).")
+@click.option("--out", required=True, help="Pack directory to write (weights + pack.json + card.md, no images).")
+@click.option("--work", help="Checkpoints, metrics and the held-out grid [<out>-work].")
+@click.option("--classes", help="Comma-separated subset of the class folders.")
+@click.option("--image-size", type=int, help="Training image size [32].")
+@click.option("--steps", type=int, help="Optimiser steps (overrides --epochs).")
+@click.option("--epochs", type=int, help="Epochs over the upstream images [20].")
+@click.option("--batch-size", type=int, help="Batch size [64].")
+@click.option("--lr", type=float, help="Adam learning rate of generator and discriminator [4e-4].")
+@click.option("--seed", type=int, help="Seed of init and data order [0].")
+@click.option("--holdout", type=int, help="Held-out images for the reconstruction PSNR [500].")
+@click.option("--channels", type=int, help="Base width of the VQGAN [64].")
+@click.option("--codebook-size", type=int, help="Codebook entries [512].")
+@click.option("--disc-start", type=int, help="Step at which the PatchGAN starts [half of training].")
+@click.option("--eval-every", type=int, help="Steps between held-out PSNR rows in <work>/metrics.jsonl [1000].")
+@click.option("--half/--no-half", default=None, help="Store the pack's weights in fp16.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train [auto].")
+@click.option("--resume/--no-resume", default=None, help="Continue the prime run of --out.")
+@click.pass_context
+def prime(ctx: click.Context, **options: Any) -> None:
+    """Train a VQGAN on upstream images once and write a portable pack for `--method irf` (OTA §3.1)."""
+    from edgeft.compress.generative.prime import prime as run_prime
+    from edgeft.config import PrimeConfig, build_config
+
+    if options.get("classes"):
+        options["classes"] = _split(options["classes"])
+    meta = run_prime(build_config(PrimeConfig, **options), _explicit(ctx, options), progress=RichProgress())
+    held = meta["heldout"]
+    console.print(f"wrote {options['out']}: held-out PSNR {held['psnr_db']:.2f} dB on {held['images']} images, "
+                  f"{held['codes_used']} codes in use, {meta['training']['seconds']:.0f} s", highlight=False)
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -149,8 +226,10 @@ def _prepare_export(cfg: Any) -> Any:
 
     from edgeft.compress.pipeline import prepare_run
     from edgeft.export import check_request
+    from edgeft.export.int8_guard import check_max_drop
 
     formats, precisions = check_request(cfg.formats, cfg.precisions or ("fp32",))
+    check_max_drop(cfg.max_drop)
     out = cfg.out or str(prepare_run(cfg, {})[1].root)
     return dataclasses.replace(cfg, formats=tuple(formats), precisions=tuple(precisions), out=out)
 
@@ -166,12 +245,25 @@ def _prepare_export(cfg: Any) -> Any:
               help="Held-out images that validate each engine against PyTorch (>= 256 advised).")
 @click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False),
               help="Start from this fp32 ONNX of the student instead of exporting it again.")
-def export_command(run_dir: str, formats: str, precisions: str, calib: int, images: int, onnx_file: str | None) -> None:
+@click.option("--batch", type=int, default=1, show_default=True, help="Static batch of the engines (edge targets run 1).")
+@click.option("--max-drop", type=float, metavar="POINTS", help=MAX_DROP_HELP)
+@click.option("--batch-profile", help=BATCH_PROFILE_HELP)
+@click.option("--fail-if", "fail_if", help=FAIL_IF_HELP)
+def export_command(run_dir: str, formats: str, precisions: str, calib: int, images: int, onnx_file: str | None,
+                   batch: int, max_drop: float | None, batch_profile: str | None, fail_if: str | None) -> None:
     """Export a run's student to engines in RUN_DIR/engines/, each validated against PyTorch."""
     from edgeft.export import export_run
 
-    records = export_run(run_dir, _split(formats), _split(precisions), calib=calib, images=images, onnx=onnx_file)
+    gate = _gate(fail_if, "export")
+    from edgeft.export import BatchShape
+
+    records = export_run(run_dir, _split(formats), _split(precisions), calib=calib, images=images, onnx=onnx_file,
+                         batch=BatchShape.parse(batch, batch_profile), max_drop=max_drop)
     _show_exports(records)
+    if gate:
+        from edgeft.gate import export_rows
+
+        _judge(gate, export_rows([r.to_json() for r in records]))
 
 
 def _show_exports(records: list) -> None:
@@ -181,9 +273,12 @@ def _show_exports(records: list) -> None:
         table.add_row(r.path.removeprefix("engines/"), f"{r.size_bytes / 1e6:.1f}", f"{r.top1_agreement:.2%}",
                       f"{r.max_abs_diff:.1e}", f"{r.accuracy:.2%}", f"{r.reference_accuracy:.2%}")
     Console().print(table)
+    from edgeft.export.int8_guard import describe
+
     for r in records:
-        if r.note:
-            Console().print(f"{r.format} {r.precision}: {r.note}", highlight=False, soft_wrap=True)
+        for line in (r.note, describe(r.quantization)):
+            if line:
+                Console().print(f"{r.format} {r.precision}: {line}", highlight=False, soft_wrap=True)
 
 
 @cli.command()
@@ -227,23 +322,55 @@ def _show_summary(summary: dict) -> None:
 @click.option("--iterations", type=int, default=50, show_default=True, help="Timed runs, at least.")
 @click.option("--seconds", type=float, default=2.0, show_default=True, help="Timed seconds, at least.")
 @click.option("--max-batch", type=int, default=64, show_default=True, help="Largest batch of the throughput sweep.")
-@click.option("--sweep/--no-sweep", default=True, help="Throughput over batch 1, 2, 4, … [on].")
+@click.option("--sweep/--no-sweep", default=True,
+              help="Throughput over batch 1, 2, 4, … (a run's dynamic engine: its profile points; a static one: its batch) [on].")
 @click.option("--layers/--no-layers", default=True, help="Per-layer times from the backend's profiler [on].")
 @click.option("--remote", help="URL of an `edgeft agent` on the device, e.g. http://jetson.local:8765.")
 @click.option("--token", envvar="EDGEFT_TOKEN", help="The agent's token [$EDGEFT_TOKEN].")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the records here.")
+@click.option("--fail-if", "fail_if", help=FAIL_IF_HELP)
+@click.option("--rebuild", is_flag=True, help="Re-export here the engines of RUN_DIR built for another machine or runtime.")
 def profile(engine: str, target: str, backend: str | None, precision: str | None, remote: str | None,
-            token: str | None, json_out: str | None, **measure: Any) -> None:
-    """Latency of an engine file or of every engine of RUN_DIR on a target (measured or estimated)."""
+            token: str | None, json_out: str | None, fail_if: str | None, rebuild: bool, **measure: Any) -> None:
+    """Latency of an engine file or of every engine of RUN_DIR on a target (measured or estimated);
+    for RUN_DIR a lower precision is kept only where it is >= 1.02x faster (export.json says why not)."""
+    from pathlib import Path
+
     from edgeft import artifacts
+    from edgeft.precision_policy import annotate, apply_policy
     from edgeft.report import summary_rows
-    from edgeft.runtime.dispatch import profile_on_target
+    from edgeft.runtime.dispatch import is_run_dir, profile_on_target
     from edgeft.runtime.profile import ProfileConfig
 
+    run = is_run_dir(Path(engine))
+    gate = _gate(fail_if, "profile", target=target, run=run, remote=bool(remote))
+    if rebuild:
+        _rebuild(engine, run, remote)
     records = profile_on_target(engine, target, backend, ProfileConfig(**measure), precision, remote, token)
+    if run:
+        annotate(records, apply_policy(engine, target))
     if json_out:
         artifacts.write_json(json_out, records)
     _show_rows(summary_rows(records), f"edgeft profile · {target}")
+    if gate:
+        from edgeft.gate import profile_rows
+
+        _judge(gate, profile_rows(records, engine if run else None))
+
+
+def _rebuild(run_dir: str, run: bool, remote: str | None) -> None:
+    """`profile --rebuild`: re-exports the run's engines whose fingerprint does not fit this machine."""
+    from edgeft.errors import ConfigError
+    from edgeft.export import rebuild_stale
+
+    if not run or remote:
+        raise ConfigError("--rebuild: pass a run directory profiled on this machine (without --remote); "
+                          "on a device, run `edgeft profile RUN --rebuild` there")
+    records = rebuild_stale(run_dir)
+    if records:
+        _show_exports(records)
+    else:
+        console.print("--rebuild: every engine fits this machine; nothing rebuilt", highlight=False)
 
 
 @cli.command()
@@ -298,15 +425,32 @@ def agent(**options: Any) -> None:
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def report(run_dir: str) -> None:
-    """Write RUN_DIR/report.md and a self-contained report.html (training, accuracy vs latency, layers)."""
+    """Write RUN_DIR/report.md, a self-contained report.html and cards/<target>.md|json per profiled target."""
+    from edgeft.modelcard import write_cards
     from edgeft.report import write_report
 
-    _show_report(write_report(run_dir))
+    rep = write_report(run_dir)
+    rep.cards = write_cards(run_dir)
+    _show_report(rep)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--target", "targets", default="all", show_default=True,
+              help="Comma-separated targets or 'all'; those without profiles are profiled first (host measured, others estimated).")
+def card(run_dir: str, targets: str) -> None:
+    """Write a model card per target: RUN_DIR/cards/<target>.md and .json (accuracy vs FP32, latency, memory)."""
+    from edgeft.modelcard import make_cards
+
+    for path in make_cards(run_dir, _split(targets)):
+        console.print(f"wrote {path} and {path.with_suffix('.json').name}", highlight=False)
 
 
 def _show_report(rep: Any) -> None:
     _show_rows(rep.rows, f"edgeft report · {rep.run.name}")
     console.print(f"wrote {rep.markdown} and {rep.html}", highlight=False)
+    for path in rep.cards:
+        console.print(f"wrote model card {path}", highlight=False)
 
 
 def _show_rows(rows: list[dict], title: str) -> None:

@@ -46,6 +46,8 @@ class CompressConfig:
     formats: tuple[str, ...] = ()  # onnx | openvino | tensorrt
     precisions: tuple[str, ...] = ()  # fp32 | fp16 | int8; empty: fp32
     target: str | None = None  # edge target (edgeft/targets): its formats, then profile + report
+    batch_profile: str | None = None  # "MIN,OPT,MAX": a dynamic-batch export (default: static batch 1)
+    max_drop: float | None = None  # int8 accuracy bound in points (export/int8_guard.py); None: the int8 tolerance
     # AFT (methods/aft.py)
     beta: str = "10"  # weight of the kernel distance: a number >= 0, or "auto" (grid 3/10/30 on a 10% hold-out)
     aft_weights: str = "learned"  # learned | identity (ablation)
@@ -54,10 +56,43 @@ class CompressConfig:
     unlabeled: str | None = None  # distillation images; default the labelled train images without labels
     align: str = "svd"  # svd | linear | channel-select
     transform: str = "pts"  # pts | none | std-norm
+    # IRF (methods/irf.py) and distilling from a finished run
+    pack: str | None = None  # VQGAN pack made by `edgeft prime`, or 'demo'
+    search: bool = False  # irf: pick the paper's lr/wd grids on a 10% hold-out of train
+    deliver_data: str = "rec"  # irf delivering (frozen backbone, new head): rec | original | mixed
+    calib_data: str = "original"  # irf calibration (all parameters): original | rec | mixed
+    teacher_from: str | None = None  # a finished run whose model (e.g. irf's adapted teacher) is the teacher
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for YAML (tuples become lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class PrimeConfig:
+    """Every option of `edgeft prime` (train a VQGAN on upstream images, write a pack)."""
+
+    data: str = ""
+    out: str = ""
+    work: str | None = None  # checkpoints, metrics, held-out grid; default <out>-work (never inside the pack)
+    classes: tuple[str, ...] = ()
+    image_size: int = 32
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 64
+    lr: float = 4e-4
+    seed: int = 0
+    holdout: int = 500  # held-out images (from the data's val/test split) for the reconstruction PSNR
+    channels: int = 64
+    codebook_size: int = 512
+    disc_start: int | None = None  # optimiser step at which the PatchGAN starts; default half of training
+    eval_every: int = 1000  # steps between held-out PSNR rows in <work>/metrics.jsonl
+    checkpoint_every: int = 200  # steps between resumable checkpoints
+    half: bool = False  # store the pack's weights in fp16
+    device: str = "auto"
+    resume: bool = False
+
+    to_dict = CompressConfig.to_dict
 
 
 def build_config(cls: type[C], yaml_path: str | None = None, **overrides: Any) -> C:

@@ -19,7 +19,7 @@ from edgeft.artifacts import RunDir
 from edgeft.errors import EdgeftError
 
 
-COLUMNS = ("target", "engine", "precision", "how", "p50 ms", "p90 ms", "p99 ms", "img/s", "top-1")
+COLUMNS = ("target", "engine", "precision", "how", "p50 ms", "p90 ms", "p99 ms", "img/s", "top-1", "speed-up")
 DEFAULT_BACKEND = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torch"}
 TOP_LAYERS = 15
 
@@ -34,6 +34,7 @@ class Report:
     figures: dict[str, bytes] = field(default_factory=dict)
     markdown: Path | None = None
     html: Path | None = None
+    cards: list[Path] = field(default_factory=list)  # cards/<target>.md (edgeft.modelcard)
 
 
 def profile_records(run: RunDir) -> list[dict]:
@@ -54,9 +55,20 @@ def summary_rows(records: list[dict]) -> list[dict]:
             "p50 ms": _num(lat.get("p50")), "p90 ms": _num(lat.get("p90")), "p99 ms": _num(lat.get("p99")),
             "img/s": _num(best.get("images_per_s") or r.get("throughput", {}).get("images_per_s"), 1),
             "top-1": f"{r['accuracy']:.2%}" if isinstance(r.get("accuracy"), (int, float)) else "",
+            "speed-up": _speedup(r.get("precision_check")),
             "_p50": lat.get("p50"), "_accuracy": r.get("accuracy"),
         })
     return rows
+
+
+def _speedup(check: dict | None) -> str:
+    """The precision decision (edgeft.precision_policy): baseline, '1.85x vs fp32', or 'dropped: …'."""
+    if not check:
+        return ""
+    if check.get("speedup") is None:
+        return "baseline"
+    text = f"{check['speedup']:.2f}x vs {check['vs']}"
+    return text if check["kept"] else f"dropped: {text}"
 
 
 def _engine(record: dict) -> str:
@@ -176,7 +188,8 @@ def build_report(run_dir: str | Path) -> Report:
     figures = {"Training curves": plot_training(artifacts.read_jsonl(run.metrics)),
                "Accuracy vs latency": plot_tradeoff(report.rows)}
     for label in ("measured", "estimated"):  # the fastest engine of each kind: the one a user would deploy
-        with_layers = [r for r in records if r.get("label") == label and r.get("layers")]
+        with_layers = [r for r in records if r.get("label") == label and r.get("layers")
+                       and (r.get("precision_check") or {}).get("kept") is not False]
         if with_layers:
             fastest = min(with_layers, key=lambda r: r.get("latency_ms", {}).get("p50") or float("inf"))
             figures[f"Per-layer time ({label}, {fastest.get('target')})"] = plot_layers(fastest)
@@ -212,7 +225,9 @@ def _facts(report: Report) -> list[tuple[str, str]]:
 
 NOTE = ("*measured*: timed on the device (warm-up, then runs until both the iteration and time minimum; "
         "compute only on a prepared batch). *estimated*: roofline over the ONNX graph against the target's "
-        "published peaks, calibrated as each profile record's `calibration` field says — not a measurement.")
+        "published peaks, calibrated as each profile record's `calibration` field says — not a measurement. "
+        "*speed-up*: batch-1 p50 vs the next higher kept precision of the same engine on the same target; "
+        "below 1.02x the precision is dropped (not recommended; its file stays, export.json says why).")
 
 
 def _markdown(report: Report, pngs: dict[str, str]) -> str:

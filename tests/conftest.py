@@ -60,6 +60,23 @@ def tiny_zip(tmp_path: Path, tiny_data: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_pack(tmp_path_factory) -> Path:
+    """A VQGAN pack primed for 4 steps on tiny upstream images (16 px, 8 channels); its data is `<pack>/../upstream`."""
+    from edgeft.compress.generative.prime import prime
+    from edgeft.config import PrimeConfig
+
+    torch.set_num_threads(1)  # as in every test: a resumed prime must match it bit for bit
+    root = tmp_path_factory.mktemp("tiny_pack")
+    data = write_folder(root / "upstream", per_class=8, seed=1)
+    prime(PrimeConfig(data=str(data), out=str(root / "pack"), **TINY_PRIME))
+    return root / "pack"
+
+
+TINY_PRIME = {"image_size": 16, "steps": 4, "batch_size": 8, "channels": 8, "codebook_size": 16, "holdout": 4,
+              "disc_start": 2}
+
+
 def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
     """CLI arguments for a seconds-long compress run with a random tiny teacher and student."""
     return [

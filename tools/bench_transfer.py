@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     CACHE, DOWNSTREAM_CLASSES, DOWNSTREAM_FRACTION, RESULTS, dump_json, provenance, require_cifar,
 )
+from bench_irf import PACK, upstream_pack  # noqa: E402
 from pretrain_teacher import pretrain  # noqa: E402
 
 from edgeft import artifacts  # noqa: E402
@@ -68,6 +69,15 @@ ROWS: list[Row] = [
         note="KDEP ablation: learned linear map on the student (the paper's 1×1 conv, pre-ReLU), no PTS"),
     Row("kdep no-PTS", "kdep", init="scratch", uses_teacher=True, options={"transform": "none"},
         note="KDEP ablation: SVD alignment without PTS"),
+    Row("irf", "irf", model="teacher", init="upstream", epochs=5, options={"pack": str(PACK)},
+        note="OTA IRF: head on VQGAN re-represented images (BiT frozen), then all layers on the originals (5 epochs)"),
+    Row("irf deliver-original", "irf", model="teacher", init="upstream", epochs=5,
+        options={"pack": str(PACK), "deliver_data": "original"}, note="IRF ablation, OTA Table 4 (a): head on originals"),
+    Row("irf calib-rec", "irf", model="teacher", init="upstream", epochs=5,
+        options={"pack": str(PACK), "calib_data": "rec"}, note="IRF ablation, Table 4 (c): calibration on re-represented"),
+    Row("irf mixed", "irf", model="teacher", init="upstream", epochs=5,
+        options={"pack": str(PACK), "deliver_data": "mixed", "calib_data": "mixed"},
+        note="IRF ablation, Table 4 (f): original + re-represented in both stages"),
 ]
 
 
@@ -77,6 +87,8 @@ def run_row(row: Row, seed: int, quick: bool) -> dict:
     weights = {"teacher": teacher_run / "student" / "model.safetensors"}
     if row.init == "upstream" and row.model == "student":
         weights["student"] = pretrain(STUDENT_ARCH, STUDENT_UPSTREAM_EPOCHS) / "student" / "model.safetensors"
+    if "pack" in row.options:
+        upstream_pack()
     out = _run_dir(row, seed, quick)
     run = artifacts.RunDir(out)
     options = _options_for_seed(row, seed, quick)

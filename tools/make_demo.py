@@ -2,9 +2,11 @@
 
     python tools/make_demo.py
 
-Writes edgeft/demo/teacher.safetensors (fp16, <= 15 MB) + teacher.json, and
+Writes edgeft/demo/teacher.safetensors (fp16, <= 15 MB) + teacher.json,
 edgeft/demo/downstream.zip (<= 3 MB): train/ with SHOTS images per downstream class and
-test/ with TEST_PER_CLASS held-out images per class, from the shared CIFAR-10.
+test/ with TEST_PER_CLASS held-out images per class, from the shared CIFAR-10, and
+edgeft/demo/pack/ (<= 10 MB): the benchmark's VQGAN pack (tools/bench_irf.py) in fp16, for
+`--method irf --pack demo`. `--only pack` (or data, teacher) remakes one part.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DOWNSTREAM_CLASSES, ROOT, UPSTREAM_CLASSES, require_cifar  # noqa: E402
+from bench_irf import upstream_pack  # noqa: E402
 from pretrain_teacher import pretrain  # noqa: E402
 
 from edgeft import artifacts  # noqa: E402
@@ -24,7 +27,7 @@ DEMO = ROOT / "edgeft" / "demo"
 DEMO_ARCH = "resnet10t"
 DEMO_EPOCHS = 15
 SHOTS, TEST_PER_CLASS, SEED = 300, 100, 0
-MAX_TEACHER_BYTES, MAX_DATA_BYTES = 15 * 2**20, 3 * 2**20
+MAX_TEACHER_BYTES, MAX_DATA_BYTES, MAX_PACK_BYTES = 15 * 2**20, 3 * 2**20, 10 * 2**20
 
 
 def make_teacher() -> Path:
@@ -67,9 +70,30 @@ def make_data() -> Path:
     return path
 
 
+def make_pack() -> Path:
+    """The benchmark's upstream VQGAN pack with fp16 weights (pack.json and card.md rewritten to match)."""
+    from edgeft.compress.generative.pack import DEMO_PACK, load_pack, write_pack
+
+    pack = load_pack(str(upstream_pack()))
+    meta = {k: v for k, v in pack.meta.items() if k not in ("format", "architecture", "dtype", "sha256")}
+    meta["made_by"] = "tools/make_demo.py (fp16 copy of the tools/bench_irf.py pack)"
+    write_pack(DEMO_PACK, pack.vqgan, meta, half=True)
+    size = sum(p.stat().st_size for p in DEMO_PACK.iterdir())
+    assert size <= MAX_PACK_BYTES, f"{DEMO_PACK} is {size} bytes"
+    return DEMO_PACK / "vqgan.safetensors"
+
+
 def main() -> None:
-    for path in (make_data(), make_teacher()):
-        print(f"{path} ({path.stat().st_size / 2**20:.2f} MiB)")
+    import argparse
+
+    parts = {"data": make_data, "teacher": make_teacher, "pack": make_pack}
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=sorted(parts), help="remake one part of the demo")
+    args = parser.parse_args()
+    for name, make in parts.items():
+        if args.only in (None, name):
+            path = make()
+            print(f"{path} ({path.stat().st_size / 2**20:.2f} MiB)")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from edgeft.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 # Options that may differ between a run and its --resume (they do not change the result).
-RESUME_FREE = {"resume", "out", "device", "workers", "formats", "precisions", "target"}
+RESUME_FREE = {"resume", "out", "device", "workers", "formats", "precisions", "target", "batch_profile", "max_drop"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -111,6 +111,10 @@ def run_compress(
 
 
 def _teacher_specs(cfg: CompressConfig) -> list[models.ModelSpec]:
+    if cfg.teacher_from:  # a finished run's model replaces --teacher
+        from edgeft.compress.methods.irf import teacher_spec_from_run
+
+        return [teacher_spec_from_run(cfg.teacher_from)]
     weights = list(cfg.teacher_weights)
     if weights and len(weights) != len(cfg.teacher):
         raise ConfigError(

@@ -6,9 +6,10 @@ precision, validates every engine against PyTorch and records them in `export.js
 """
 from __future__ import annotations
 
-from edgeft.export.base import EXPORTERS, PRECISIONS, Exporter, ExportJob, ExportRecord
+from edgeft.export.base import EXPORTERS, PRECISIONS, BatchShape, Exporter, ExportJob, ExportRecord
 from edgeft.export import onnx, openvino, tensorrt  # noqa: F401  (register the exporters)
-from edgeft.export.pipeline import check_request, export_run, read_records
+from edgeft.export.pipeline import check_request, export_run, read_records, rebuild_stale
+from edgeft.export.preflight import Preflight, pick_opset, run_preflight
 
-__all__ = ["EXPORTERS", "PRECISIONS", "Exporter", "ExportJob", "ExportRecord", "check_request", "export_run",
-           "read_records"]
+__all__ = ["EXPORTERS", "PRECISIONS", "BatchShape", "Exporter", "ExportJob", "ExportRecord", "Preflight",
+           "check_request", "export_run", "pick_opset", "read_records", "rebuild_stale", "run_preflight"]

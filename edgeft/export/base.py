@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 from torch import nn
 
 from edgeft.artifacts import RunDir, StudentCard
-from edgeft.errors import EdgeftError, WeightsError
+from edgeft.errors import ConfigError, EdgeftError, WeightsError
 from edgeft.export.validate import DEFAULT_TOLERANCES, Figures, Reference, Runner, Tolerance, compare
 from edgeft.registry import Registry
+from edgeft.runtime.fingerprint import machine_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ class ExportRecord(Figures):
     versions: dict[str, str | None] = field(default_factory=dict)
     note: str = ""
     recipe: dict[str, str] | None = None
+    fingerprint: dict[str, Any] = field(default_factory=dict)  # runtime/fingerprint.py: what validated it
+    batch: int | dict[str, int] = 1  # a static batch, or the dynamic profile {min, opt, max}
+    opset: int | None = None  # the ONNX opset the engine was built from
+    quantization: dict[str, Any] | None = None  # int8: calibrator, layers kept in float, drop (int8_guard.py)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -52,6 +57,49 @@ class ExportRecord(Figures):
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ExportRecord":
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """The engine's batch axis: static (`size`) by default, dynamic only with an explicit profile.
+
+    Edge targets run one image at a time and dynamic-batch engines can be several times
+    slower (ECOSYSTEM.md pain point 7), so a dynamic axis needs `--batch-profile MIN,OPT,MAX`,
+    which also becomes the TensorRT optimisation profile.
+    """
+
+    size: int = 1
+    profile: tuple[int, int, int] | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        return self.profile is not None
+
+    def to_json(self) -> int | dict[str, int]:
+        return dict(zip(("min", "opt", "max"), self.profile)) if self.profile else self.size
+
+    @classmethod
+    def parse(cls, batch: int = 1, profile: str | Sequence[int] | None = None) -> "BatchShape":
+        """From `--batch N` and `--batch-profile MIN,OPT,MAX` (a profile overrides the static batch)."""
+        if not profile:
+            if batch < 1:
+                raise ConfigError(f"--batch {batch}: must be >= 1")
+            return cls(size=batch)
+        parts = profile.split(",") if isinstance(profile, str) else list(profile)
+        try:
+            points = tuple(int(p) for p in parts)
+        except ValueError:
+            points = ()
+        if len(points) != 3 or not 1 <= points[0] <= points[1] <= points[2]:
+            raise ConfigError(f"--batch-profile {profile}: give MIN,OPT,MAX batch sizes with 1 <= MIN <= OPT <= MAX, "
+                              "e.g. 1,8,32")
+        return cls(size=points[1], profile=points)
+
+    @classmethod
+    def from_json(cls, value: Any) -> "BatchShape":
+        if isinstance(value, dict):
+            return cls.parse(profile=(value["min"], value["opt"], value["max"]))
+        return cls.parse(int(value or 1))
 
 
 @dataclass
@@ -66,6 +114,10 @@ class ExportJob:
     calibration: Callable[[], np.ndarray]  # normalised calibration images, read on first use
     onnx_source: Path | None = None  # a user-given fp32 ONNX to start from instead of exporting
     cache: dict[str, Path] = field(default_factory=dict)
+    batch: BatchShape = BatchShape()
+    opset: int | None = None  # None: export/preflight.py picks it for the job's formats
+    max_drop: float | None = None  # --max-drop: the int8 accuracy bound in points (int8_guard.py)
+    quantization: dict[str, dict[str, Any]] = field(default_factory=dict)  # how each int8 variant was made
 
     @property
     def engines(self) -> Path:
@@ -74,6 +126,12 @@ class ExportJob:
     def relative(self, path: Path) -> str:
         return path.relative_to(self.run.root).as_posix()
 
+    def tolerance(self, tol: Tolerance, precision: str) -> Tolerance:
+        """`tol` with the job's --max-drop as the int8 accuracy bound."""
+        if precision != "int8" or self.max_drop is None:
+            return tol
+        return replace(tol, max_accuracy_drop=self.max_drop / 100)
+
 
 class Exporter(ABC):
     """One engine format. Subclasses write the engine and name the runner that validates it."""
@@ -81,6 +139,7 @@ class Exporter(ABC):
     name: ClassVar[str] = ""
     suffix: ClassVar[str] = ""
     tolerances: ClassVar[dict[str, Tolerance]] = DEFAULT_TOLERANCES
+    runtime: ClassVar[str] = ""  # the backend that validates (and later runs) the engine
 
     @abstractmethod
     def export(self, job: ExportJob, precision: str) -> ExportRecord:
@@ -100,15 +159,19 @@ class Exporter(ABC):
         files: list[Path],
         runner: Runner,
         validated_with: str,
+        runtime: str | None = None,
         **extra: Any,
     ) -> ExportRecord:
-        """Validates `runner` against PyTorch; keeps `files` (first is the engine) only if it passes."""
+        """Validates `runner` against PyTorch; keeps `files` (first is the engine) only if it passes.
+
+        The record carries the fingerprint of `runtime` (default: the exporter's) on this machine.
+        """
         try:
             figures = compare(runner, job.reference, job.card)
         except Exception:
             remove(files)
             raise
-        tol = self.tolerances[precision]
+        tol = job.tolerance(self.tolerances[precision], precision)
         failures = figures.failures(tol)
         if failures:
             remove(files)
@@ -117,10 +180,13 @@ class Exporter(ABC):
                 f"held-out images ({'; '.join(failures)}); the engine was deleted"
                 + (" — try more --calib images or use fp16" if precision == "int8" else "")
             )
+        if precision == "int8":  # TensorRT builds from the ONNX int8 variant; OpenVINO passes its own
+            extra.setdefault("quantization", job.quantization.get("onnx"))
         record = ExportRecord(
             **asdict(figures), path=job.relative(files[0]), format=self.name, precision=precision,
             size_bytes=sum(f.stat().st_size for f in files), passed=True, validated_with=validated_with,
-            versions=self.versions(), **extra,
+            versions=self.versions(), fingerprint=machine_fingerprint(runtime or self.runtime),
+            batch=job.batch.to_json(), opset=job.opset, **extra,
         )
         log.info("%s %s: top-1 agreement %.4f, max |Δ| %.2e", self.name, precision,
                  record.top1_agreement, record.max_abs_diff)

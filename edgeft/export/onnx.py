@@ -1,15 +1,17 @@
-"""ONNX export: torch.onnx (dynamo) at opset 18, dynamic batch, the student card as metadata.
+"""ONNX export: torch.onnx (dynamo), static batch 1 unless a batch profile asks for a dynamic axis.
 
 The graph takes normalised NCHW float32 images (input `input`, output `logits`), exactly
 what the timm student takes; the card in the metadata (`edgeft.card`) tells a runtime the
 input size, mean/std and class names. FP16 is onnxruntime's float16 converter with float32
-inputs/outputs kept; INT8 is ONNX Runtime static Q/DQ (quantize.py). Every other format
-starts from these files, so they are built once per export run and shared.
+inputs/outputs kept; INT8 is ONNX Runtime static Q/DQ (quantize.py, int8_guard.py). Every other format
+starts from these files, so they are built once per export run and shared. The opset is
+the job's (picked for its formats by preflight.pick_opset, at most the exporter's OPSET).
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -18,9 +20,10 @@ import torch
 
 from edgeft.artifacts import StudentCard, atomic_write
 from edgeft.errors import EdgeftError
-from edgeft.export.base import EXPORTERS, INPUT_NAME, OUTPUT_NAME, Exporter, ExportJob, ExportRecord, library_version
-from edgeft.export.quantize import quantize_onnx
-from edgeft.export.validate import Runner
+from edgeft.export.base import (EXPORTERS, INPUT_NAME, OUTPUT_NAME, BatchShape, Exporter, ExportJob, ExportRecord,
+                                library_version)
+from edgeft.export.int8_guard import quantize_onnx_bounded
+from edgeft.export.validate import Runner, fit_batch
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +33,31 @@ INPUT_KEY = "edgeft.input"
 INPUT_DOC = "NCHW float32 RGB in [0,1], normalised per channel: (x - mean) / std from edgeft.card"
 
 
-def export_onnx(model: torch.nn.Module, card: StudentCard, path: Path) -> Path:
-    """Exports the timm student to an fp32 ONNX file with a dynamic batch axis."""
-    example = torch.zeros(2, *card.input_size)
+def export_onnx(model: torch.nn.Module, card: StudentCard, path: Path, batch: BatchShape = BatchShape(),
+                opset: int = OPSET) -> Path:
+    """Exports the timm student to an fp32 ONNX file: a static batch, or a dynamic one for a profile."""
+    if batch.dynamic:  # traced at 2: torch.export specialises sizes 0 and 1
+        example, dynamic = torch.zeros(2, *card.input_size), ({0: torch.export.Dim("batch")},)
+    else:
+        example, dynamic = torch.zeros(batch.size, *card.input_size), None
     try:
         program = torch.onnx.export(
-            model.eval(), (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),
-            external_data=False, verbose=False,
+            model.eval(), (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME], dynamic_shapes=dynamic, external_data=False, verbose=False,
         )
     except Exception as exc:  # noqa: BLE001 - any tracing failure is the same user-facing problem
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise EdgeftError(f"cannot export the student '{card.arch}' to ONNX ({first})") from None
+        raise EdgeftError(f"cannot export the student '{card.arch}' to ONNX ({export_failure(exc)})") from None
     return save_onnx(simplify(program.model_proto), card, path)
+
+
+def export_failure(exc: BaseException) -> str:
+    """One line on why an export failed: the operator it names, with the exporter's summary of it."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # the exporter colours its messages
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(exc).__name__]
+    # torch.onnx (dynamo) sums the cause up as "<class '...DispatchError'>: No ONNX function found for ..."
+    summary = next((line.split(">: ", 1)[1] for line in lines if line.startswith("<class") and ">: " in line), lines[0])
+    op = re.search(r"(aten[.:]{1,2}\w[\w.]*|torch\.ops\.[\w.]+)", text)
+    return (f"unsupported operator {op.group(1)}: " if op else "") + summary[:160]
 
 
 def simplify(model):
@@ -96,14 +111,15 @@ def onnx_variant(job: ExportJob, precision: str) -> Path:
         path = job.workdir / f"model-{precision}.onnx"
         if precision == "fp32":
             if job.onnx_source is not None:
-                save_onnx(load_onnx(job.onnx_source, job.card), job.card, path)
+                save_onnx(with_batch(load_onnx(job.onnx_source, job.card), job.batch), job.card, path)
             else:
-                export_onnx(job.model, job.card, path)
+                export_onnx(job.model, job.card, path, job.batch, job.opset or OPSET)
+            job.opset = onnx_opset(_load(path))  # what the file has (the exporter may not convert down)
         elif precision == "fp16":
             to_fp16(onnx_variant(job, "fp32"), path, job.card)
         else:
             source = onnx_variant(job, "fp32")
-            quantize_onnx(source, path, job.calibration(), input_name(source))
+            job.quantization["onnx"] = quantize_onnx_bounded(job, source, path, input_name(source))
             _restamp(path, job.card)
         job.cache[key] = path
     return job.cache[key]
@@ -124,10 +140,28 @@ def to_fp16(src: Path, dst: Path, card: StudentCard) -> Path:
     return save_onnx(onnx_ir.to_proto(model), card, dst)
 
 
-def input_name(path: Path) -> str:
-    import onnx
+def with_batch(model, batch: BatchShape):
+    """A user-given ONNX with the job's batch axis: a dynamic axis is fixed to a static batch."""
+    dims = [port.type.tensor_type.shape.dim[0] for port in (*_graph_inputs(model), *model.graph.output)
+            if port.type.tensor_type.shape.dim]
+    if batch.dynamic:
+        if dims and dims[0].dim_value:
+            raise EdgeftError(f"--batch-profile: the given ONNX has a static batch of {dims[0].dim_value}; "
+                              "export one with a dynamic batch axis or drop --batch-profile")
+        return model
+    for dim in dims:
+        if not dim.dim_value:
+            dim.dim_value = batch.size  # also clears dim_param
+    return model
 
-    return _graph_inputs(onnx.load_model(str(path), load_external_data=False))[0].name
+
+def onnx_opset(model) -> int | None:
+    """The default-domain opset an ONNX model imports."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def input_name(path: Path) -> str:
+    return _graph_inputs(_load(path))[0].name
 
 
 def ort_runner(path: Path) -> Runner:
@@ -141,8 +175,9 @@ def ort_runner(path: Path) -> Runner:
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several untyped errors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise EdgeftError(f"{path}: onnxruntime cannot load it ({first})") from None
-    name = session.get_inputs()[0].name
-    return lambda batch: session.run(None, {name: np.ascontiguousarray(batch)})[0]
+    first = session.get_inputs()[0]
+    name, size = first.name, first.shape[0] if isinstance(first.shape[0], int) else None
+    return fit_batch(lambda batch: session.run(None, {name: np.ascontiguousarray(batch)})[0], size)
 
 
 def onnx_versions() -> dict[str, str | None]:
@@ -155,6 +190,7 @@ class OnnxExporter(Exporter):
 
     name = "onnx"
     suffix = ".onnx"
+    runtime = "onnxruntime"
 
     def export(self, job: ExportJob, precision: str) -> ExportRecord:
         path = self.engine_path(job, precision)
@@ -170,6 +206,12 @@ def _restamp(path: Path, card: StudentCard) -> None:
     import onnx
 
     save_onnx(onnx.load_model(str(path)), card, path)
+
+
+def _load(path: Path):
+    import onnx
+
+    return onnx.load_model(str(path), load_external_data=False)
 
 
 def _graph_inputs(model) -> list:

@@ -1,7 +1,7 @@
 """OpenVINO IR (.xml + .bin) from the fp32 ONNX: fp32, fp16 weight compression, NNCF INT8.
 
 INT8 is NNCF post-training quantization (symmetric, the OpenVINO default preset) on the
-run's calibration images. Validation compiles the IR on the CPU plugin with an explicit
+run's calibration images, bounded by --max-drop where given (int8_guard.py). Validation compiles the IR on the CPU plugin with an explicit
 inference precision (f32; f16 for the fp16 IR where the CPU computes in f16), so that the
 figures do not depend on the host's bf16 default.
 """
@@ -17,6 +17,8 @@ from typing import Iterator
 
 from edgeft.export.base import EXPORTERS, Exporter, ExportJob, ExportRecord, library_version, require
 from edgeft.export.onnx import onnx_variant
+from edgeft.export.int8_guard import quantize_openvino_bounded
+from edgeft.export.validate import Runner, fit_batch
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +29,22 @@ class OpenVinoExporter(Exporter):
 
     name = "openvino"
     suffix = ".xml"
+    runtime = "openvino"
 
     def export(self, job: ExportJob, precision: str) -> ExportRecord:
         ov = require("openvino", "openvino")
         model = ov.convert_model(str(onnx_variant(job, "fp32")))
+        quantization = None
         if precision == "int8":
-            model = _quantize(model, job)
+            model, quantization = _quantize(model, job)
         model.set_rt_info(json.dumps(job.card.to_json()), ["edgeft", "card"])
         files = save_ir(model, self.engine_path(job, precision), compress_to_fp16=precision == "fp16")
         core = ov.Core()
         cpu_has_f16 = "FP16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         hint = "f16" if precision == "fp16" and cpu_has_f16 else "f32"
-        compiled = core.compile_model(str(files[0]), "CPU", {"INFERENCE_PRECISION_HINT": hint})
-        return self.finish(job, precision, files, lambda batch: compiled(batch)[0],
-                           f"openvino {library_version('openvino')} CPU, inference precision {hint}")
+        return self.finish(job, precision, files, ov_runner(files[0], hint),
+                           f"openvino {library_version('openvino')} CPU, inference precision {hint}",
+                           quantization=quantization)
 
     def versions(self) -> dict[str, str | None]:
         return {name: library_version(name) for name in ("torch", "onnx", "openvino", "nncf")}
@@ -62,14 +66,21 @@ def save_ir(model, xml: Path, compress_to_fp16: bool) -> list[Path]:
     return [xml, bin_path]
 
 
+def ov_runner(model, hint: str = "f32") -> Runner:
+    """An OpenVINO model (in memory, or an IR path) compiled for the CPU as a validation runner."""
+    ov = require("openvino", "openvino")
+    compiled = ov.Core().compile_model(str(model) if isinstance(model, Path) else model, "CPU",
+                                       {"INFERENCE_PRECISION_HINT": hint})
+    first = compiled.inputs[0].get_partial_shape()[0]
+    return fit_batch(lambda batch: compiled(batch)[0], first.get_length() if first.is_static else None)
+
+
 def _quantize(model, job: ExportJob):
-    """NNCF post-training INT8 on the calibration images, one image per statistics step."""
+    """NNCF post-training INT8 on the calibration images (within --max-drop: int8_guard.py)."""
     nncf = require("nncf", "openvino")
     nncf.set_log_level(logging.ERROR)
-    images = job.calibration()
-    dataset = nncf.Dataset([images[i : i + 1] for i in range(len(images))])
     with _quiet("torch.utils.cpp_extension"):
-        return nncf.quantize(model, dataset, subset_size=len(images))
+        return quantize_openvino_bounded(job, model, ov_runner)
 
 
 @contextmanager

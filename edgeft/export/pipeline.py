@@ -11,11 +11,14 @@ from typing import Iterable, Sequence
 from edgeft import artifacts
 from edgeft.artifacts import RunDir
 from edgeft.errors import ConfigError, EdgeftError
-from edgeft.export.base import EXPORTERS, PRECISIONS, ExportJob, ExportRecord, load_student
-from edgeft.export.onnx import load_onnx
+from edgeft.export.base import EXPORTERS, PRECISIONS, BatchShape, ExportJob, ExportRecord, load_student
+from edgeft.export.int8_guard import check_max_drop
+from edgeft.export.onnx import load_onnx, onnx_opset
+from edgeft.export.preflight import pick_opset
 from edgeft.export.quantize import calibration_images
 from edgeft.export.validate import build_reference
 from edgeft.registry import unknown_name_message
+from edgeft.runtime.fingerprint import stale_reasons
 
 log = logging.getLogger(__name__)
 
@@ -44,34 +47,42 @@ def export_run(
     calib: int = DEFAULT_CALIB,
     images: int = DEFAULT_IMAGES,
     onnx: str | Path | None = None,
+    batch: BatchShape = BatchShape(),
+    opset: int | None = None,
+    max_drop: float | None = None,
 ) -> list[ExportRecord]:
     """Exports and validates the run's student in every format × precision.
 
     Engines go to `<run>/engines/<format>/`, the records to `<run>/export.json` (merged with
     earlier exports of other formats/precisions). `calib` training images calibrate INT8,
     up to `images` held-out images validate; `onnx` starts from a given fp32 ONNX file instead
-    of exporting the student again. A failed validation deletes that engine and raises, after
-    the records of the engines that passed are written.
+    of exporting the student again. `batch` is static 1 unless given a profile (BatchShape.parse);
+    `opset` defaults to the highest the formats' runtimes read (preflight.pick_opset). A failed
+    validation deletes that engine and raises, after the records of the engines that passed are written.
+    `max_drop` bounds INT8's accuracy loss in points (int8_guard.py: other calibrators, then layers
+    kept in float, else INT8 is refused).
     """
     formats, precisions = check_request(formats, precisions)
     if "int8" in precisions and calib < 1:
         raise ConfigError(f"--calib {calib}: int8 needs calibration images; pass --calib N with N >= 1 (e.g. 256)")
     if images < 1:
         raise ConfigError(f"--images {images}: validation needs at least one held-out image")
+    check_max_drop(max_drop)
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise EdgeftError(f"{run.root}: no such run directory")
     card, model = load_student(run)
     source = Path(onnx) if onnx else None
     if source is not None:
-        load_onnx(source, card)
+        opset = onnx_opset(load_onnx(source, card))
     calibration = cache(lambda: calibration_images(run, card, calib))
     if "int8" in precisions:
         calibration()  # a run without usable training images fails before any engine is built
     reference = build_reference(run, card, model, images)
     records: list[ExportRecord] = []
     with tempfile.TemporaryDirectory(prefix="edgeft-export-") as workdir:
-        job = ExportJob(run, card, model, reference, Path(workdir), calibration, source)
+        job = ExportJob(run, card, model, reference, Path(workdir), calibration, source, batch=batch,
+                        opset=opset or pick_opset(formats), max_drop=max_drop)
         try:
             for name in formats:
                 exporter = EXPORTERS.get(name)()
@@ -105,3 +116,22 @@ def read_records(run_dir: str | Path) -> list[ExportRecord]:
     if not path.exists():
         return []
     return [ExportRecord.from_json(row) for row in artifacts.read_json(path).get("engines", [])]
+
+
+def rebuild_stale(run_dir: str | Path) -> list[ExportRecord]:
+    """Re-exports here every engine of the run whose fingerprint does not fit this machine.
+
+    `edgeft profile RUN --rebuild` calls it before profiling; each engine keeps its format,
+    precision and batch profile, and gets the opset this machine's runtimes read.
+    """
+    path = RunDir(run_dir).root / "export.json"
+    rows = artifacts.read_json(path).get("engines", []) if path.exists() else []
+    records: list[ExportRecord] = []
+    for row in rows:
+        reasons = stale_reasons(row)
+        if reasons:
+            log.warning("rebuilding %s on this machine (%s)", row["path"], "; ".join(reasons))
+            records += export_run(run_dir, [row["format"]], [row["precision"]],
+                                  batch=BatchShape.from_json(row.get("batch", 1)),
+                                  max_drop=(row.get("quantization") or {}).get("max_drop"))
+    return records

@@ -11,6 +11,7 @@ import io
 import logging
 import zipfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -115,18 +116,31 @@ def calibration_images(run: RunDir, card: StudentCard, count: int) -> np.ndarray
     return normalise(images, card)
 
 
-def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, input_name: str) -> None:
+def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, input_name: str, method: str = "minmax",
+                  exclude: Sequence[str] = (), prepare: bool = True) -> None:
     """Static INT8 with explicit Q/DQ nodes, symmetric and per channel.
 
     Symmetric signed INT8 is what TensorRT's explicit quantization accepts, so the same
-    file serves ONNX Runtime and a TensorRT build; MinMax calibration over the images.
+    file serves ONNX Runtime and a TensorRT build. `method` is the calibrator (minmax,
+    entropy, percentile: onnxruntime's CalibrationMethod), `exclude` names nodes of the
+    prepared graph kept in float; `prepare=False` takes `src` as already pre-processed.
     """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    import onnx
+
+    # A static batch axis takes exactly its size (whole chunks only); a dynamic one takes 16.
+    dim = onnx.load_model(str(src), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    step = dim.dim_value or (16 if method == "minmax" else 1)  # histogram calibrators need equal batches
+    usable = len(calibration) if not dim.dim_value else len(calibration) // step * step
+    if usable == 0:
+        raise DataError(f"int8 calibration needs at least {step} images for a static batch of {step}; pass more --calib")
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._batches = iter(np.split(calibration, range(16, len(calibration), 16)))
+            self._batches = iter(np.split(calibration[:usable], range(step, usable, step)))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self._batches, None)
@@ -134,10 +148,13 @@ def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, input_name: str
 
     prepared = dst.with_name(dst.stem + ".pre.onnx")
     try:
-        quant_pre_process(str(src), str(prepared))
+        if prepare:
+            quant_pre_process(str(src), str(prepared))
         quantize_static(
-            str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            str(prepared if prepare else src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                              "percentile": CalibrationMethod.Percentile}[method],
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
         )
     finally:

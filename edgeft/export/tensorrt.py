@@ -4,8 +4,10 @@ TensorRT 11 dropped the weak-typing precision flags (FP16/INT8 builder flags, IN
 calibrators); precision now lives in the graph. So the engine is built strongly typed from
 the ONNX that already has the precision: fp16 from the float16 ONNX, int8 from the
 symmetric Q/DQ ONNX calibrated on the run's images (explicit quantization) — the same path
-works on TensorRT 10 (with the STRONGLY_TYPED flag) and 11. One optimisation profile covers
-batch 1..MAX_BATCH; a timing cache beside the engines makes rebuilds fast.
+works on TensorRT 10 (with the STRONGLY_TYPED flag) and 11. The engine has the ONNX's static
+batch (1 by default); a dynamic batch gets the export's `--batch-profile` as its one
+optimisation profile. The builder is the runtime's (`edgeft.runtime.tensorrt.build_engine`,
+also used on the device); a timing cache beside the engines makes rebuilds fast.
 
 Engines are tied to the GPU and TensorRT version that built them, so without tensorrt or a
 CUDA GPU (any host that is not the device) the exporter ships the ONNX, validated with
@@ -25,11 +27,11 @@ from edgeft.artifacts import atomic_write, write_bytes, write_text
 from edgeft.errors import EdgeftError
 from edgeft.export.base import EXPORTERS, Exporter, ExportJob, ExportRecord, library_version, require
 from edgeft.export.onnx import input_name, onnx_variant, onnx_versions, ort_runner
-from edgeft.export.validate import DEFAULT_TOLERANCES, Runner
+from edgeft.export.validate import DEFAULT_TOLERANCES, Runner, fit_batch
+from edgeft.runtime.tensorrt import build_engine
 
 log = logging.getLogger(__name__)
 
-OPT_BATCH, MAX_BATCH = 8, 64
 CACHE_NAME = "timing.cache"
 
 
@@ -52,6 +54,7 @@ class TensorRTExporter(Exporter):
 
     name = "tensorrt"
     suffix = ".engine"
+    runtime = "tensorrt"
     # TensorRT may run fp32 convolutions in TF32 on Ampere and newer, which moves logits ~1e-3.
     tolerances = {**DEFAULT_TOLERANCES, "fp32": replace(DEFAULT_TOLERANCES["fp32"], atol=1e-2, min_cosine=0.9995)}
 
@@ -63,7 +66,8 @@ class TensorRTExporter(Exporter):
         recipe = build_recipe(job, onnx_path, engine, precision)
         reason = unavailable()
         if reason is None:
-            build_engine(onnx_path, engine, job.card.input_size, folder / CACHE_NAME)
+            plan = build_engine(onnx_path, job.batch.profile, folder / CACHE_NAME)
+            write_bytes(engine, plan)
             return self.finish(job, precision, [engine, onnx_path], trt_runner(engine),
                                f"tensorrt {_trt_version()} on {_gpu_name()}", recipe=recipe)
         script = folder / f"build-{precision}.sh"
@@ -73,7 +77,7 @@ class TensorRTExporter(Exporter):
                 f"({job.relative(script)}); build the engine on the target device")
         return self.finish(job, precision, [onnx_path, script], ort_runner(onnx_path),
                            f"onnxruntime {library_version('onnxruntime')} CPU on the ONNX to build from "
-                           "(no TensorRT engine built here)", note=note, recipe=recipe)
+                           "(no TensorRT engine built here)", runtime="onnxruntime", note=note, recipe=recipe)
 
     def versions(self) -> dict[str, str | None]:
         return {**onnx_versions(), "tensorrt": _trt_version()}
@@ -84,36 +88,17 @@ def build_recipe(job: ExportJob, onnx_path: Path, engine: Path, precision: str) 
     c, h, w = job.card.input_size
     name = input_name(onnx_path)
     shape = lambda batch: f"{name}:{batch}x{c}x{h}x{w}"  # noqa: E731
-    trtexec = " ".join([
-        "trtexec", f"--onnx={onnx_path.name}", f"--saveEngine={engine.name}", "--stronglyTyped",
-        f"--minShapes={shape(1)}", f"--optShapes={shape(OPT_BATCH)}", f"--maxShapes={shape(MAX_BATCH)}",
-        f"--timingCacheFile={CACHE_NAME}",
-    ])
-    edgeft = f"edgeft export {shlex.quote(str(job.run.root))} --format tensorrt --precision {precision}"
+    shapes, flags = [], ""  # a static ONNX takes no shape flags: trtexec builds its one shape
+    if job.batch.profile:
+        low, opt, high = job.batch.profile
+        shapes = [f"--minShapes={shape(low)}", f"--optShapes={shape(opt)}", f"--maxShapes={shape(high)}"]
+        flags = f" --batch-profile {low},{opt},{high}"
+    elif job.batch.size != 1:
+        flags = f" --batch {job.batch.size}"
+    trtexec = " ".join(["trtexec", f"--onnx={onnx_path.name}", f"--saveEngine={engine.name}", "--stronglyTyped",
+                        *shapes, f"--timingCacheFile={CACHE_NAME}"])
+    edgeft = f"edgeft export {shlex.quote(str(job.run.root))} --format tensorrt --precision {precision}{flags}"
     return {"trtexec": trtexec, "edgeft": edgeft, "workdir": job.relative(onnx_path.parent)}
-
-
-def build_engine(onnx_path: Path, engine: Path, input_size: tuple[int, int, int], cache: Path) -> None:
-    """Parses the ONNX into a strongly typed network and serializes an engine for batch 1..MAX_BATCH."""
-    trt = require("tensorrt", "tensorrt")
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EdgeftError(f"{onnx_path}: TensorRT cannot parse it ({errors[:200]})")
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    profile.set_shape(network.get_input(0).name, *[(b, *input_size) for b in (1, OPT_BATCH, MAX_BATCH)])
-    config.add_optimization_profile(profile)
-    timing = config.create_timing_cache(cache.read_bytes() if cache.exists() else b"")
-    config.set_timing_cache(timing, ignore_mismatch=False)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise EdgeftError(f"{onnx_path}: TensorRT could not build an engine (see the log above)")
-    write_bytes(engine, bytes(plan))
-    write_bytes(cache, bytes(config.get_timing_cache().serialize()))
 
 
 def trt_runner(engine_path: Path) -> Runner:
@@ -131,6 +116,7 @@ def trt_runner(engine_path: Path) -> Runner:
     out = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
     out_dtype = torch.float16 if engine.get_tensor_dtype(out) == trt.DataType.HALF else torch.float32
     stream = torch.cuda.Stream()
+    first = engine.get_tensor_shape(inp)[0]
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.cuda.stream(stream):
@@ -144,7 +130,7 @@ def trt_runner(engine_path: Path) -> Runner:
             stream.synchronize()
         return y.float().cpu().numpy()
 
-    return run
+    return fit_batch(run, first if first > 0 else None)
 
 
 def _script(trtexec: str) -> str:

@@ -133,6 +133,25 @@ def compare(runner: Runner, reference: Reference, card: StudentCard) -> Figures:
     )
 
 
+def fit_batch(runner: Runner, size: int | None) -> Runner:
+    """`runner` for an engine with a static batch of `size`: any batch is fed `size` images at a
+    time, the last chunk padded with zeros whose outputs are dropped (None: dynamic, unchanged)."""
+    if size is None:
+        return runner
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        outs = []
+        for i in range(0, len(batch), size):
+            chunk = batch[i : i + size]
+            count = len(chunk)
+            if count < size:
+                chunk = np.concatenate([chunk, np.zeros((size - count, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(np.asarray(runner(chunk))[:count])
+        return np.concatenate(outs)
+
+    return run
+
+
 def run_batches(runner: Runner, inputs: np.ndarray, batch: int = BATCH) -> np.ndarray:
     """Runs `runner` over `inputs` in batches and stacks the float32 results."""
     outs = [np.asarray(runner(inputs[i : i + batch]), dtype=np.float32) for i in range(0, len(inputs), batch)]

@@ -10,6 +10,7 @@ from pathlib import Path
 from edgeft.errors import EdgeftError
 from edgeft.registry import Registry
 from edgeft.runtime.base import Engine, EngineOptions, InputSpec, preprocess
+from edgeft.runtime.fingerprint import check_engine
 from edgeft.runtime.onnxrt import OrtEngine
 from edgeft.runtime.openvino import OpenVinoEngine
 from edgeft.runtime.pytorch import TorchEngine
@@ -40,7 +41,11 @@ def backend_for(path: str | Path) -> str:
 
 
 def load(path: str | Path, backend: str | None = None, options: EngineOptions | None = None) -> Engine:
-    """An (unopened) engine for `path`: `with load(p) as engine: engine.infer(x)`."""
+    """An (unopened) engine for `path`: `with load(p) as engine: engine.infer(x)`.
+
+    An engine from a run's export.json whose fingerprint does not fit this machine is refused
+    with the command that rebuilds it (edgeft.runtime.fingerprint).
+    """
     path = Path(path)
     if not path.exists():
         raise EdgeftError(f"{path}: file not found")
@@ -51,4 +56,6 @@ def load(path: str | Path, backend: str | None = None, options: EngineOptions | 
         raise EdgeftError(f"--backend {name}: cannot open {path.name}; it takes {', '.join(opens)} files")
     if not cls.available():
         raise EdgeftError(f"--backend {name}: {cls.module} is not installed: pip install '{cls.install}'")
+    if path.is_file():
+        check_engine(path, name)
     return cls(path, options)

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.errors import ConfigError, EdgeftError
-from edgeft.runtime import BACKENDS
+from edgeft.runtime import BACKENDS, backend_for
+from edgeft.runtime.fingerprint import FingerprintMismatch, find_record, machine_fingerprint, mismatches
 from edgeft.runtime.profile import ProfileConfig, host_info, profile_engine
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ class Handler(BaseHTTPRequestHandler):
 def _profile(engine: Path, params: dict[str, str]) -> dict:
     """Runs the profiler with the query's backend/precision/ProfileConfig fields."""
     backend, precision = params.pop("backend", None), params.pop("precision", None)
+    _check_fingerprint(engine, backend, params.pop("fingerprint", ""))
     types = {f.name: f.type for f in fields(ProfileConfig)}
     unknown = [k for k in params if k not in types]
     if unknown:
@@ -167,10 +169,27 @@ def _profile(engine: Path, params: dict[str, str]) -> dict:
     for key, raw in params.items():
         kind = types[key]
         try:
-            values[key] = raw == "true" if "bool" in kind else (float(raw) if "float" in kind else int(raw))
+            if "tuple" in kind:
+                values[key] = tuple(int(v) for v in raw.split(",") if v)
+            else:
+                values[key] = raw == "true" if "bool" in kind else (float(raw) if "float" in kind else int(raw))
         except ValueError:
             raise EdgeftError(f"profile option {key}={raw!r} is not a number") from None
     return profile_engine(engine, backend, ProfileConfig(**values), precision=precision)
+
+
+def _check_fingerprint(engine: Path, backend: str | None, recorded: str) -> None:
+    """Refuses an engine whose export.json fingerprint (sent by the client) does not fit this device."""
+    try:
+        found = json.loads(recorded) if recorded else {}
+    except json.JSONDecodeError:
+        raise EdgeftError("fingerprint: not JSON") from None
+    if found.get("backend") != (BACKENDS.canonical(backend) if backend else backend_for(engine)):
+        return
+    reasons = mismatches(found, machine_fingerprint(found["backend"]))
+    if reasons:
+        raise FingerprintMismatch(f"{engine.name}: built for another machine or runtime ({'; '.join(reasons)}); "
+                                  "rebuild it on this device (export.json's recipe, or `edgeft export` here)")
 
 
 def unpack(body: bytes, folder: Path, limit: int, engine_name: str | None = None) -> Path:
@@ -227,8 +246,12 @@ def profile_remote(path: str | Path, url: str, token: str, backend: str | None =
     if len(buffer.getvalue()) > info.get("max_upload_bytes", float("inf")):
         raise EdgeftError(f"{path}: {len(buffer.getvalue())} bytes exceed the agent's upload limit "
                           f"({info['max_upload_bytes']}); restart it with a larger --max-upload-mb")
-    params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in asdict(cfg).items() if v is not None}
+    params = {k: ",".join(map(str, v)) if isinstance(v, tuple) else str(v).lower() if isinstance(v, bool) else str(v)
+              for k, v in asdict(cfg).items() if v not in (None, ())}
     params.update({k: v for k, v in (("backend", backend), ("precision", precision), ("engine", path.name)) if v})
+    found = find_record(path)  # the agent checks the fingerprint on the device
+    if found and found[1].get("fingerprint"):
+        params["fingerprint"] = json.dumps(found[1]["fingerprint"])
     record = _call(url, f"/profile?{urllib.parse.urlencode(params)}", token, buffer.getvalue(), timeout_s)
     record["remote"] = url
     return record

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from edgeft import artifacts
 from edgeft.errors import EdgeftError
 from edgeft.runtime import BACKENDS, backend_for
 from edgeft.runtime.base import precision_from_name
+from edgeft.runtime.fingerprint import check_engine
 from edgeft.runtime.profile import ProfileConfig, profile_engine
 from edgeft.targets import BACKEND_FORMATS, Target, get_target
 from edgeft.targets.estimate import estimate
@@ -28,12 +29,13 @@ FORMAT_BACKEND = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "te
 
 @dataclass(frozen=True)
 class EngineRef:
-    """One engine of a run: its file, format, precision and validated accuracy."""
+    """One engine of a run: its file, format, precision, validated accuracy and batch axis."""
 
     path: Path
     format: str
     precision: str
     accuracy: float | None = None
+    batch: int | dict | None = None  # export.json's: a static batch or the profile {min, opt, max}
 
 
 def run_engines(run_dir: Path) -> list[EngineRef]:
@@ -47,7 +49,7 @@ def run_engines(run_dir: Path) -> list[EngineRef]:
     for row in artifacts.read_json(manifest).get("engines", []) if manifest.exists() else []:
         path = run_dir / row["path"]
         if path.is_file():
-            refs.append(EngineRef(path, row["format"], row["precision"], row.get("accuracy")))
+            refs.append(EngineRef(path, row["format"], row["precision"], row.get("accuracy"), row.get("batch")))
     return refs
 
 
@@ -108,7 +110,7 @@ def _annotate(record: dict, ref: EngineRef) -> dict:
 
 def _measure(refs: list[EngineRef], backend: str | None, cfg: ProfileConfig, precision: str | None,
              strict: bool) -> list[dict]:
-    records = []
+    chosen = []
     for ref in refs:
         name = backend or FORMAT_BACKEND[ref.format]
         if ref.format == "tensorrt" and ref.path.suffix == ".onnx" and not backend:
@@ -116,8 +118,21 @@ def _measure(refs: list[EngineRef], backend: str | None, cfg: ProfileConfig, pre
         if not BACKENDS.get(name).available() and not strict:
             log.warning("skipping %s: %s is not installed here", ref.path.name, name)
             continue
-        records.append(_annotate(profile_engine(ref.path, name, cfg, precision=precision), ref))
-    return records
+        chosen.append((ref, name))
+    for ref, name in chosen:  # every fingerprint before the first measurement: a mismatch fails in a second
+        check_engine(ref.path, name)
+    return [_annotate(profile_engine(ref.path, name, _batch_config(cfg, ref), precision=precision), ref)
+            for ref, name in chosen]
+
+
+def _batch_config(cfg: ProfileConfig, ref: EngineRef) -> ProfileConfig:
+    """A run engine's recorded batch axis: its profile points are swept exactly, a static batch is measured as is."""
+    if isinstance(ref.batch, dict):
+        low, opt, high = ref.batch["min"], ref.batch["opt"], ref.batch["max"]
+        return replace(cfg, points=(low, opt, high), batch=cfg.batch if low <= cfg.batch <= high else opt)
+    if isinstance(ref.batch, int) and ref.batch != cfg.batch:
+        return replace(cfg, batch=ref.batch)
+    return cfg
 
 
 def _remote(refs: list[EngineRef], tgt: Target, backend: str | None, cfg: ProfileConfig, url: str,
@@ -129,7 +144,7 @@ def _remote(refs: list[EngineRef], tgt: Target, backend: str | None, cfg: Profil
         name = backend or FORMAT_BACKEND[ref.format]
         if ref.format == "torch" or (not backend and name not in tgt.backends and tgt.name != "host"):
             continue
-        records.append(_annotate(profile_remote(ref.path, url, token, name, cfg), ref))
+        records.append(_annotate(profile_remote(ref.path, url, token, name, _batch_config(cfg, ref)), ref))
     if not records:
         raise EdgeftError(f"--remote: no engine for {tgt.name}'s runtimes ({', '.join(tgt.backends)}); "
                           f"export one with `edgeft export --format {','.join(tgt.formats())}`")

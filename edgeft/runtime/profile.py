@@ -20,8 +20,10 @@ import numpy as np
 
 from edgeft.errors import ConfigError
 from edgeft.runtime import Engine, EngineOptions, load
+from edgeft.runtime.base import InputSpec, preprocess
 
 COVERS = "engine.infer on a prepared normalised batch (host-device copies included; no decoding/preprocessing)"
+PREPROCESS_COVERS = "uint8 HWC images → normalised NCHW input (numpy); JPEG decoding and resizing not included"
 SWEEP_GAIN = 1.05  # a batch size must raise throughput by 5 % to count as an improvement
 
 
@@ -38,6 +40,7 @@ class ProfileConfig:
     max_batch: int = 64
     layers: bool = True
     layer_runs: int = 10
+    points: tuple[int, ...] = ()  # exact sweep batches: a dynamic engine's profile (min, opt, max)
 
     def check(self) -> None:
         for flag, value in (("--batch", self.batch), ("--iterations", self.iterations), ("--max-batch", self.max_batch)):
@@ -100,6 +103,18 @@ def time_loop(engine: Engine, batch: np.ndarray, warmup: int, iterations: int, s
     return samples
 
 
+def preprocess_time(spec: InputSpec, batch: int, runs: int = 20) -> dict[str, Any]:
+    """Latency of `preprocess` (uint8 HWC images → the normalised input batch), ms, on this machine."""
+    _, channels, height, width = spec.batch_shape(batch)
+    images = np.random.default_rng(0).integers(0, 256, (batch, height, width, channels), dtype=np.uint8)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        preprocess(images, spec)
+        samples.append((time.perf_counter() - start) * 1e3)
+    return {**stats(samples), "covers": PREPROCESS_COVERS}
+
+
 def stats(samples_ms: list[float]) -> dict[str, float]:
     """p50/p90/p99, mean, std, min, max of latency samples (ms)."""
     a = np.asarray(samples_ms, dtype=np.float64)
@@ -109,19 +124,32 @@ def stats(samples_ms: list[float]) -> dict[str, float]:
 
 
 def batch_sweep(engine: Engine, cfg: ProfileConfig) -> list[dict]:
-    """Throughput at batch 1, 2, 4, … until it stops improving (or the engine refuses the size)."""
-    spec, rows, best = engine.input_spec, [], 0.0
-    size = 1
+    """Latency and throughput per batch size.
+
+    Exactly `cfg.points` when given (a dynamic engine's optimisation profile, each point
+    measured); a static engine's one batch; else batch 1, 2, 4, … until throughput stops
+    improving (or the engine refuses the size).
+    """
+    spec = engine.input_spec
+    if cfg.points:
+        return [_sweep_row(engine, size, cfg) for size in cfg.points if spec.accepts(size)]
+    if not spec.dynamic_batch:
+        return [_sweep_row(engine, spec.shape[0], cfg)]
+    rows, best, size = [], 0.0, 1
     while size <= cfg.max_batch and spec.accepts(size):
-        samples = time_loop(engine, spec.example(size), 2, max(5, cfg.iterations // 5), cfg.seconds / 4)
-        p50 = float(np.median(samples))
-        ips = size / (p50 / 1e3)
-        rows.append({"batch": size, "latency_ms_p50": round(p50, 4), "images_per_s": round(ips, 2)})
-        if ips < best * SWEEP_GAIN:
+        rows.append(_sweep_row(engine, size, cfg))
+        if rows[-1]["images_per_s"] < best * SWEEP_GAIN:
             break
-        best = max(best, ips)
+        best = max(best, rows[-1]["images_per_s"])
         size *= 2
     return rows
+
+
+def _sweep_row(engine: Engine, size: int, cfg: ProfileConfig) -> dict:
+    samples = time_loop(engine, engine.input_spec.example(size), 2, max(5, cfg.iterations // 5), cfg.seconds / 4)
+    p50, p99 = (float(v) for v in np.percentile(samples, [50, 99]))
+    return {"batch": size, "latency_ms_p50": round(p50, 4), "latency_ms_p99": round(p99, 4),
+            "images_per_s": round(size / (p50 / 1e3), 2)}
 
 
 def profile_engine(path: str | Path, backend: str | None = None, cfg: ProfileConfig = ProfileConfig(),
@@ -142,7 +170,7 @@ def profile_engine(path: str | Path, backend: str | None = None, cfg: ProfileCon
             engine.infer(x)
             first = time.perf_counter()
             samples = time_loop(engine, x, cfg.warmup, cfg.iterations, cfg.seconds)
-            sweep = batch_sweep(engine, cfg) if cfg.sweep and spec.dynamic_batch else []
+            sweep = batch_sweep(engine, cfg) if cfg.sweep else []
             layers = engine.layer_times(x, cfg.layer_runs) if cfg.layers else None
             info, precision = engine.info(), engine.precision() or precision
     best = max(sweep, key=lambda r: r["images_per_s"]) if sweep else None
@@ -156,6 +184,7 @@ def profile_engine(path: str | Path, backend: str | None = None, cfg: ProfileCon
         "covers": COVERS,
         "load_ms": round((loaded - began) * 1e3, 3),
         "first_inference_ms": round((first - loaded) * 1e3, 3),
+        "preprocess_ms": preprocess_time(spec, cfg.batch) if len(spec.shape) == 4 else None,
         "latency_ms": stats(samples),
         "iterations": len(samples),
         "throughput": {"images_per_s": round(float(cfg.batch / (np.median(samples) / 1e3)), 2), "sweep": sweep, "best": best},

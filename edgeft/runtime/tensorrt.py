@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from edgeft.artifacts import write_bytes
 from edgeft.errors import EdgeftError
 from edgeft.runtime.base import Engine, InputSpec, median_by_layer
-
+from edgeft.runtime.fingerprint import find_record
 
 WORKSPACE_BYTES = 1 << 30
+DEFAULT_PROFILE = (1, 8, 32)  # min, opt, max batch of a dynamic ONNX built without an explicit profile
 
 
 def _cudart():
@@ -38,33 +40,50 @@ def _check(result):
     return values[0] if len(values) == 1 else values
 
 
-def build_engine(onnx_path: Path, max_batch: int = 8, logger=None) -> bytes:
+def build_engine(onnx_path: Path, profile: tuple[int, int, int] | None = None, timing_cache: Path | None = None,
+                 logger=None) -> bytes:
     """Builds a serialized engine from ONNX on this GPU, strongly typed: the ONNX sets the precision.
 
-    Ship the precision's ONNX variant that `edgeft export --format tensorrt` writes
-    (engines/tensorrt/model-fp16.onnx, the Q/DQ model-int8.onnx); a dynamic batch axis gets
-    the profile 1..max_batch.
+    The one TensorRT builder of edgeft (`edgeft export --format tensorrt` and on-device
+    builds from ONNX). Ship the precision's ONNX variant that the export writes
+    (engines/tensorrt/model-fp16.onnx, the Q/DQ model-int8.onnx). A static batch axis is
+    built as it is; a dynamic one gets the optimisation profile `profile` (min, opt, max
+    batch; DEFAULT_PROFILE when not given). `timing_cache` is read and updated when given.
+    TensorRT 11 dropped the weak-typing precision flags, so strongly typed is the one path
+    that works on TensorRT 10 and 11.
     """
     trt = TensorRtEngine.require()
     logger = logger or trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(Path(onnx_path).read_bytes()):
+    if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EdgeftError(f"{onnx_path}: TensorRT cannot parse it ({errors[:200]})")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     inp = network.get_input(0)
     if inp.shape[0] == -1:
-        profile = builder.create_optimization_profile()
         rest = tuple(inp.shape[1:])
-        profile.set_shape(inp.name, (1, *rest), (1, *rest), (max_batch, *rest))
-        config.add_optimization_profile(profile)
+        points = builder.create_optimization_profile()
+        points.set_shape(inp.name, *[(b, *rest) for b in (profile or DEFAULT_PROFILE)])
+        config.add_optimization_profile(points)
+    if timing_cache is not None:
+        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EdgeftError(f"{onnx_path}: TensorRT failed to build an engine (see the log above)")
+    if timing_cache is not None:
+        write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(plan)
+
+
+def recorded_profile(onnx_path: Path) -> tuple[int, int, int] | None:
+    """The --batch-profile that `edgeft export` recorded for this ONNX in its run's export.json."""
+    found = find_record(onnx_path)
+    batch = found[1].get("batch") if found else None
+    return (batch["min"], batch["opt"], batch["max"]) if isinstance(batch, dict) else None
 
 
 class TensorRtEngine(Engine):
@@ -81,7 +100,7 @@ class TensorRtEngine(Engine):
         self._cudart = _cudart()
         self._logger = trt.Logger(trt.Logger.WARNING)
         if self.path.suffix == ".onnx":
-            plan = build_engine(self.path, logger=self._logger)
+            plan = build_engine(self.path, recorded_profile(self.path), logger=self._logger)
         else:
             plan = self.path.read_bytes()
         self._runtime = trt.Runtime(self._logger)

@@ -12,13 +12,15 @@ from edgeft.cli import cli
 from edgeft.compress.methods import METHODS
 from tests.conftest import tiny_args
 
-EXTRA_ARGS: dict[str, list[str]] = {}  # methods that need more than the tiny defaults
+def extra_args(method: str, request) -> list[str]:
+    """What a method needs beyond the tiny defaults (irf: a VQGAN pack)."""
+    return ["--pack", str(request.getfixturevalue("tiny_pack"))] if method == "irf" else []
 
 
 @pytest.mark.parametrize("method", METHODS.names())
-def test_method_runs_and_writes_the_run_directory(tmp_path, tiny_data, method):
+def test_method_runs_and_writes_the_run_directory(tmp_path, tiny_data, method, request):
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, tiny_args(tiny_data, out, "--method", method, *EXTRA_ARGS.get(method, [])))
+    result = CliRunner().invoke(cli, tiny_args(tiny_data, out, "--method", method, *extra_args(method, request)))
     assert result.exit_code == 0, result.output + str(result.exception)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == method

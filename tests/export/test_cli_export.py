@@ -101,6 +101,8 @@ def test_compress_then_export(tiny_data, tmp_path):
     records = json.loads((out / "export.json").read_text())["engines"]
     assert [(r["precision"], r["passed"]) for r in records] == [("fp32", True), ("fp16", True)]
     assert "edgeft export" in result.stdout
+    assert "pre-flight: resnet10t exports at opset 18 (onnx: checker + onnxruntime" in result.stderr
+    assert {r["opset"] for r in records} == {18} and {r["batch"] for r in records} == {1}
 
 
 def test_compress_rejects_a_bad_format_before_training(tiny_data, tmp_path):

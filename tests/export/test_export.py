@@ -42,6 +42,17 @@ def test_every_format_and_precision_is_validated(exported, shared_run, fmt, prec
     assert stored[(fmt, precision)] == record
 
 
+def test_static_batch_1_engines_validate_and_profile_at_batch_1(exported, shared_run):
+    from edgeft.runtime.dispatch import profile_on_target
+    from edgeft.runtime.profile import ProfileConfig
+
+    assert {r.batch for r in exported.values()} == {1}
+    cfg = ProfileConfig(warmup=1, iterations=3, seconds=0, threads=1, layers=False)
+    records = profile_on_target(shared_run.root, "host", "openvino", cfg)
+    assert [r["input"]["shape"][0] for r in records] == [1, 1, 1]
+    assert [[row["batch"] for row in r["throughput"]["sweep"]] for r in records] == [[1]] * 3
+
+
 def test_int8_and_fp16_shrink_the_engine(exported):
     sizes = {p: exported[("onnx", p)].size_bytes for p in PRECISIONS}
     assert sizes["int8"] < 0.4 * sizes["fp32"] and sizes["fp16"] < 0.6 * sizes["fp32"]
@@ -66,11 +77,12 @@ def test_independent_onnxruntime_reproduces_pytorch(exported, shared_run):
     with torch.no_grad():
         expected = model(x).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    name = session.get_inputs()[0].name  # a static batch-1 graph: one image at a time
+    got = np.concatenate([session.run(None, {name: x[i : i + 1].numpy()})[0] for i in range(len(x))])
     assert np.abs(got - expected).max() <= 1e-4
     proto = onnx.load(str(path))
     assert proto.opset_import[0].version >= 17
-    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1  # static batch 1 by default
     card = json.loads({p.key: p.value for p in proto.metadata_props}[CARD_KEY])
     assert card["class_names"] == ["blue", "green", "red"] and card["input_size"] == [3, 32, 32]
 
@@ -80,7 +92,7 @@ def test_tensorrt_without_gpu_writes_onnx_and_recipe(exported, shared_run):
     record = exported[("tensorrt", "fp16")]
     assert record.path.endswith("model-fp16.onnx") and "build the engine on the target device" in record.note
     assert "\n" not in record.note
-    assert "--stronglyTyped" in record.recipe["trtexec"] and "--maxShapes=input:64x3x32x32" in record.recipe["trtexec"]
+    assert "--stronglyTyped" in record.recipe["trtexec"] and "Shapes" not in record.recipe["trtexec"]  # static
     assert record.recipe["edgeft"].endswith("--format tensorrt --precision fp16")
     script = shared_run.root / "engines" / "tensorrt" / "build-fp16.sh"
     assert script.stat().st_mode & 0o111 and record.recipe["trtexec"] in script.read_text()

@@ -9,6 +9,7 @@ import threading
 import urllib.error
 import urllib.request
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,17 @@ def test_unreachable_agent_and_weak_token_are_clear_errors(tiny_onnx: Path) -> N
         profile_remote(tiny_onnx, "http://127.0.0.1:9", TOKEN, cfg=QUICK)
     with pytest.raises(ConfigError, match="--token"):
         AgentServer(AgentConfig(token="short", port=0))
+
+
+def test_the_agent_refuses_an_engine_whose_fingerprint_does_not_fit(agent: AgentServer, tiny_onnx: Path) -> None:
+    """The client sends export.json's fingerprint; the device compares it with its own runtime."""
+    run = tiny_onnx.parent
+    row = {"path": tiny_onnx.name, "format": "onnx", "precision": "fp32",
+           "fingerprint": {"backend": "onnxruntime", "version": "99.0.0"}}
+    (run / "export.json").write_text(json.dumps({"engines": [row]}))
+    with pytest.raises(EdgeftError, match="onnxruntime 99.0.0 validated it.*rebuild it on this device"):
+        profile_remote(tiny_onnx, agent.url, TOKEN, cfg=QUICK)
+    row["fingerprint"]["version"] = "1.0.0"  # an older runtime validated it: this newer one reads it
+    (run / "export.json").write_text(json.dumps({"engines": [row]}))
+    points = profile_remote(tiny_onnx, agent.url, TOKEN, cfg=replace(QUICK, sweep=True, points=(1, 3)))
+    assert [r["batch"] for r in points["throughput"]["sweep"]] == [1, 3]

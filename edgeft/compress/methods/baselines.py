@@ -7,7 +7,7 @@ from torch import nn
 
 from edgeft.compress.losses import hinton_kd
 from edgeft.compress.methods.base import METHODS, Method, Recipe, TransferContext
-from edgeft.compress.methods.common import adapted_teacher, probe_features, train_linear_head
+from edgeft.compress.methods.common import adapted_teacher, probe_features, set_classifier, train_linear_head
 from edgeft.compress.train import Stage
 
 FINETUNE = Recipe(epochs=30, lr=0.05, optimizer="sgd", schedule="cosine", weight_decay=5e-4)
@@ -34,10 +34,7 @@ def linear_probe(ctx: TransferContext) -> nn.Module:
     """Freezes the student backbone and trains only its classifier on cached features."""
     train, val = probe_features(ctx, ctx.student, ctx.student_spec)
     head, _ = train_linear_head(ctx, "student-probe", train, ctx.images.labels, val, ctx.val.labels)
-    classifier = ctx.student.model.get_classifier()
-    with torch.no_grad():
-        classifier.weight.copy_(head.weight.view_as(classifier.weight))  # Linear, or a 1×1 conv (BiT)
-        classifier.bias.copy_(head.bias)
+    set_classifier(ctx.student, head)
     return ctx.student
 
 

@@ -61,6 +61,7 @@ def cache_key(*parts: str) -> str:
 def train_linear_head(
     ctx: TransferContext, stage: str, train_features: torch.Tensor, labels: torch.Tensor,
     val_features: torch.Tensor | None = None, val_labels: torch.Tensor | None = None,
+    recipe: Recipe = PROBE_RECIPE,
 ) -> tuple[nn.Linear, float | None]:
     """Trains a linear classifier on frozen features (the linear-probe step) through the one loop."""
     head = nn.Linear(train_features.shape[1], len(ctx.classes))
@@ -77,11 +78,19 @@ def train_linear_head(
         return F.cross_entropy(logits, y), logits
 
     has_val = val_features is not None
-    spec = ctx.spec(PROBE_RECIPE, overridable=False)
+    spec = ctx.spec(recipe, overridable=False)
     metrics = ctx.trainer.run_stage(
         Stage(stage, {"head": head}, loss, loader, spec, evaluate=evaluate_head if has_val else None)
     )
     return head.to(ctx.device), metrics.get("val_acc")
+
+
+def set_classifier(model: nn.Module, head: nn.Linear) -> None:
+    """Copies a trained linear head into a timm model's classifier (a Linear, or BiT's 1×1 conv)."""
+    classifier = model.model.get_classifier()
+    with torch.no_grad():
+        classifier.weight.copy_(head.weight.view_as(classifier.weight))
+        classifier.bias.copy_(head.bias)
 
 
 def probe_features(ctx: TransferContext, model, spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:

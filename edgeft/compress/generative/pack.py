@@ -1,0 +1,126 @@
+"""The upstream pack: a trained VQGAN that a model provider can release instead of its upstream data.
+
+A pack is a directory with `vqgan.safetensors` (weights), `pack.json` (architecture, training
+figures, deviations from the paper's recipe, the weights' sha256) and `card.md` (the same for
+people). It holds no image data: the held-out grid that `edgeft prime` draws stays in its work
+directory next to the pack, because it shows upstream images.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edgeft import artifacts
+from edgeft.compress.generative.vqgan import VQGAN, VQGANConfig
+from edgeft.errors import EdgeftError
+
+log = logging.getLogger(__name__)
+
+PACK_FORMAT = "edgeft-vqgan-pack/1"
+WEIGHTS, MANIFEST, CARD = "vqgan.safetensors", "pack.json", "card.md"
+DEMO_PACK = Path(__file__).resolve().parents[2] / "demo" / "pack"
+
+
+@dataclass
+class Pack:
+    """A loaded pack: the frozen VQGAN and its manifest."""
+
+    path: Path
+    vqgan: VQGAN
+    meta: dict
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the weights (identifies the pack in caches)."""
+        return self.meta["sha256"]
+
+
+def resolve_pack(pack: str) -> Path:
+    """`demo` → the bundled pack; anything else is a directory."""
+    return DEMO_PACK if pack == "demo" else Path(pack)
+
+
+def load_pack(pack: str | None, device: torch.device | str = "cpu") -> Pack:
+    """Loads and checks a pack; every problem is a one-line error naming --pack."""
+    from safetensors.torch import load_file
+
+    if not pack:
+        raise EdgeftError("--pack: irf needs a VQGAN pack; make one with `edgeft prime --data UPSTREAM --out PACK` or pass --pack demo")
+    path = resolve_pack(pack)
+    if not path.is_dir():
+        raise EdgeftError(f"--pack {pack}: no such directory; make a pack with `edgeft prime` or pass --pack demo")
+    if not (path / MANIFEST).exists() or not (path / WEIGHTS).exists():
+        raise EdgeftError(f"--pack {pack}: not an edgeft pack (needs {MANIFEST} and {WEIGHTS}); make one with `edgeft prime`")
+    try:
+        meta = artifacts.read_json(path / MANIFEST)
+    except EdgeftError as exc:
+        raise EdgeftError(f"--pack {pack}: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != PACK_FORMAT:
+        raise EdgeftError(f"--pack {pack}: {MANIFEST} is not a {PACK_FORMAT} manifest")
+    digest = sha256(path / WEIGHTS)
+    if meta.get("sha256") != digest:
+        raise EdgeftError(f"--pack {pack}: {WEIGHTS} does not match the sha256 in {MANIFEST} (corrupt or replaced)")
+    try:
+        vqgan = VQGAN(VQGANConfig.from_json(meta["architecture"]))
+        state = load_file(str(path / WEIGHTS))
+        vqgan.load_state_dict({k: v.float() for k, v in state.items()})
+    except Exception as exc:  # noqa: BLE001 - any mismatch is the same user error
+        raise EdgeftError(f"--pack {pack}: weights do not fit the recorded architecture ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:120]})") from None
+    return Pack(path, vqgan.to(device).eval().requires_grad_(False), meta)
+
+
+def write_pack(out: Path, vqgan: VQGAN, meta: dict, half: bool = False) -> dict:
+    """Writes weights, pack.json (with their sha256) and card.md into `out`; returns the manifest."""
+    from safetensors.torch import save_file
+
+    dtype = torch.float16 if half else torch.float32
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in vqgan.state_dict().items()}
+    artifacts.atomic_write(out / WEIGHTS, lambda tmp: save_file(state, tmp))
+    meta = {"format": PACK_FORMAT, "architecture": vqgan.cfg.to_json(), "dtype": str(dtype).removeprefix("torch."),
+            **meta, "sha256": sha256(out / WEIGHTS)}
+    artifacts.write_json(out / MANIFEST, meta)
+    artifacts.write_text(out / CARD, card_markdown(meta))
+    return meta
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def card_markdown(meta: dict) -> str:
+    """The pack's model card: what it is, how it was trained, how well it reconstructs, what differs from the paper."""
+    arch, train, held = meta["architecture"], meta.get("training", {}), meta.get("heldout", {})
+    codes = meta.get("image_size", 0) // 2 ** (len(arch["channel_mult"]) - 1)
+    lines = [
+        "# edgeft upstream pack (VQGAN)",
+        "",
+        "A VQGAN (Esser et al. 2021) trained once on upstream images: OTA's *priming* stage (§3.1). "
+        "`edgeft compress --method irf --pack THIS_DIR` re-represents downstream images with it. "
+        "The pack holds weights and this card only, no images.",
+        "",
+        f"- architecture: channels {arch['channels']}, levels {arch['channel_mult']}, {arch['num_res_blocks']} "
+        f"ResNet block(s) per level, codebook {arch['codebook_size']} × {arch['embed_dim']}, "
+        f"{codes}×{codes} codes at {meta.get('image_size')} px; weights {meta.get('dtype')}",
+        f"- trained on: {meta.get('trained_on', {}).get('images')} images of classes "
+        f"{', '.join(meta.get('trained_on', {}).get('classes', [])) or 'all'}",
+        f"- training: {train.get('steps')} steps of batch {train.get('batch_size')}, Adam lr {train.get('lr')} "
+        f"betas (0.5, 0.9), PatchGAN from step {train.get('disc_start')}, {train.get('seconds')} s",
+        f"- held-out reconstruction PSNR: {held.get('psnr_db')} dB on {held.get('images')} upstream images "
+        "that were never trained on (they are not stored here)",
+        f"- codebook entries in use on the held-out images: {held.get('codes_used')} of {arch['codebook_size']}",
+        "",
+        "## Deviations from the paper's recipe",
+        "",
+        *[f"- {d}" for d in meta.get("deviations", [])],
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,214 @@
+"""`edgeft prime`: train the VQGAN on upstream images once and write a portable pack (OTA §3.1 stage 1).
+
+The GAN alternates two optimisers (generator, then discriminator) on every step, so it does not
+fit `Trainer.run_stage` (one optimiser, one loss, per-epoch checkpoints): this is the smallest
+separate loop with the same conventions — atomic checkpoints with every RNG state (every
+`checkpoint_every` steps, since an epoch of 25k images is long on a CPU), `--resume`, metrics rows
+in metrics.jsonl and the `Progress` sink. Losses follow taming: L1 + codebook loss, plus the hinge
+PatchGAN with the adaptive weight from `disc_start` on. The perceptual (LPIPS) term needs VGG
+weights that cannot be loaded offline, so it is off and the pack records the deviation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from pathlib import Path
+
+import torch
+from torchvision.transforms import v2
+
+from edgeft import artifacts
+from edgeft.compress import data as data_mod
+from edgeft.compress.generative.pack import MANIFEST, write_pack
+from edgeft.compress.generative.vqgan import (VQGAN, PatchDiscriminator, VQGANConfig, adaptive_weight, hinge_d_loss,
+                                              psnr)
+from edgeft.compress.train import NullProgress, Progress, _rng_state, _set_rng_state
+from edgeft.config import PrimeConfig, build_config
+from edgeft.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+HOLDOUT_SEED = 0  # the held-out images stay the same across --seed values
+GRID_IMAGES = 16
+DEFAULT_EPOCHS = 20
+DISC_WEIGHT = 0.8  # taming's discriminator_weight: scales the adaptive GAN weight
+DEVIATIONS = [
+    "no perceptual (LPIPS) loss: its VGG weights cannot be loaded offline (λ_p = 0); reconstructions are "
+    "L1 + codebook + PatchGAN only",
+    "architecture scaled for small images (taming's is for 256 px): see `architecture`",
+]
+RESUME_FREE = {"resume", "device", "checkpoint_every", "eval_every"}
+
+
+def prime(cfg: PrimeConfig, explicit: dict | None = None, progress: Progress | None = None) -> dict:
+    """Trains (or resumes) the VQGAN of `cfg` and writes the pack; returns pack.json's content."""
+    from edgeft.compress.pipeline import resolve_device
+
+    out, work = Path(cfg.out), Path(cfg.work or f"{cfg.out}-work")
+    cfg = _prepare(cfg, explicit or {}, out, work)
+    if (out / MANIFEST).exists() and (work / "done.json").exists():
+        return artifacts.read_json(out / MANIFEST)
+    device = resolve_device(cfg.device)
+    train, heldout, classes = _load_data(cfg, work)
+    steps_per_epoch = max(1, len(train) // cfg.batch_size)
+    total = cfg.steps or (cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch
+    disc_start = total // 2 if cfg.disc_start is None else cfg.disc_start
+    torch.manual_seed(cfg.seed)
+    vqgan = VQGAN(VQGANConfig(channels=cfg.channels, codebook_size=cfg.codebook_size)).to(device)
+    disc = PatchDiscriminator().to(device)
+    opt_g = torch.optim.Adam(vqgan.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    state_file = work / "state.pt"
+    step, seconds = 0, 0.0
+    if state_file.exists():
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        for module, key in ((vqgan, "vqgan"), (disc, "disc"), (opt_g, "opt_g"), (opt_d, "opt_d")):
+            module.load_state_dict(state[key])
+        _set_rng_state(state["rng"])
+        step, seconds = int(state["step"]), float(state["seconds"])
+        log.info("prime resumes at step %d of %d", step, total)
+    progress = progress or NullProgress()
+    progress.start("prime", total)
+    progress.advance(step)
+    began = time.time() - seconds
+    while step < total:
+        images = _batch(train, cfg.batch_size, cfg.seed, step).to(device) * 2 - 1
+        figures = _train_step(vqgan, disc, opt_g, opt_d, images, step >= disc_start)
+        step += 1
+        progress.advance(1, **figures)
+        if step % cfg.eval_every == 0 or step == total:
+            row = {"step": step, **figures, **_evaluate(vqgan, heldout, device), "seconds": round(time.time() - began, 1)}
+            artifacts.write_jsonl(work / "metrics.jsonl",
+                                  [r for r in artifacts.read_jsonl(work / "metrics.jsonl") if r["step"] < step] + [row])
+            log.info("prime step %d: held-out PSNR %.2f dB", step, row["psnr_db"])
+        if step % cfg.checkpoint_every == 0 or step == total:
+            modules = {"vqgan": vqgan, "disc": disc, "opt_g": opt_g, "opt_d": opt_d}
+            state = {"step": step, "seconds": time.time() - began, "rng": _rng_state(),
+                     **{k: m.state_dict() for k, m in modules.items()}}
+            artifacts.atomic_write(state_file, lambda tmp: torch.save(state, tmp))
+    progress.finish()
+    held = {"images": len(heldout), **_evaluate(vqgan, heldout, device),
+            "source": "the data's val/test split: never trained on, not stored in the pack"}
+    grid = _save_grid(vqgan, heldout, device, work / "heldout-grid.png")
+    training = {"steps": total, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, "disc_start": disc_start,
+                "disc_weight": DISC_WEIGHT, "codebook_weight": 1.0, "perceptual_weight": 0.0,
+                "seconds": round(time.time() - began, 1), "device": str(device)}
+    meta = write_pack(out, vqgan, {
+        "image_size": cfg.image_size,
+        "trained_on": {"data": Path(cfg.data).name, "classes": classes, "images": len(train)},
+        "training": training, "heldout": held, "deviations": DEVIATIONS, "made_by": "edgeft prime",
+    }, half=cfg.half)
+    artifacts.write_json(work / "done.json", {"pack": str(out), "grid": str(grid), **held})
+    return meta
+
+
+def _prepare(cfg: PrimeConfig, explicit: dict, out: Path, work: Path) -> PrimeConfig:
+    """Checks the flags and, for --resume, returns the saved config (explicit flags must agree)."""
+    if not cfg.data:
+        raise ConfigError("--data: give the upstream images (ImageFolder directory or .zip)")
+    if not cfg.out:
+        raise ConfigError("--out: give the pack directory to write")
+    for flag, value in (("--image-size", cfg.image_size), ("--batch-size", cfg.batch_size), ("--steps", cfg.steps or 1),
+                        ("--epochs", cfg.epochs or 1), ("--channels", cfg.channels),
+                        ("--codebook-size", cfg.codebook_size), ("--eval-every", cfg.eval_every),
+                        ("checkpoint_every", cfg.checkpoint_every)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value}: must be at least 1")
+    if cfg.image_size % 4:
+        raise ConfigError(f"--image-size {cfg.image_size}: must be a multiple of 4 (two 2× down-samplings)")
+    saved_file = work / "config.yaml"
+    if cfg.resume:
+        if not saved_file.exists():
+            raise ConfigError(f"--resume: {work} holds no prime run (no config.yaml); drop --resume")
+        saved = build_config(PrimeConfig, str(saved_file))
+        for key, value in explicit.items():
+            if key not in RESUME_FREE and _plain(value) != _plain(getattr(saved, key)):
+                raise ConfigError(f"--resume: --{key.replace('_', '-')} {value} differs from the saved run "
+                                  f"({getattr(saved, key)}); resume with the same options")
+        return dataclasses.replace(saved, resume=True, device=cfg.device)
+    if (out / MANIFEST).exists() or saved_file.exists():
+        raise ConfigError(f"--out {out}: already holds a pack or an unfinished prime run ({work}); "
+                          "pass --resume to continue it or choose another --out")
+    artifacts.write_yaml(saved_file, cfg.to_dict())
+    return cfg
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def _load_data(cfg: PrimeConfig, work: Path) -> tuple[data_mod.ImageDataset, data_mod.ImageDataset, list[str]]:
+    """Train images (train split, flipped at random) and `holdout` images of the val/test split (centre crop)."""
+    splits = data_mod.open_image_folder(cfg.data, classes=cfg.classes)
+    if cfg.holdout < 1 or not splits.val:
+        raise DataError(f"--holdout {cfg.holdout}: needs at least 1 held-out image from the data's val/test split")
+    held = sorted(random.Random(HOLDOUT_SEED).sample(splits.val, min(cfg.holdout, len(splits.val))),
+                  key=lambda s: s.path)
+    artifacts.write_json(work / "heldout.json", [s.path for s in held])  # file names only, never pixels
+    size = cfg.image_size
+    augment = v2.Compose([v2.RandomCrop(size), v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True)])
+    train = data_mod.ImageDataset(splits.store, splits.train, size, augment, what="upstream images")
+    heldout = data_mod.ImageDataset(splits.store, held, size, data_mod.build_transform(size, train=False),
+                                    what="held-out images")
+    if len(train) < cfg.batch_size:
+        raise DataError(f"--batch-size {cfg.batch_size}: larger than the {len(train)} upstream training images")
+    return train, heldout, splits.classes
+
+
+def _batch(dataset: data_mod.ImageDataset, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """The images of optimiser step `step`: a seeded permutation per epoch, so a resumed run sees the same data."""
+    per_epoch = len(dataset) // batch_size
+    epoch, offset = divmod(step, per_epoch)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    rows = order[offset * batch_size:(offset + 1) * batch_size].tolist()
+    return torch.stack([dataset[i][0] for i in rows])
+
+
+def _train_step(vqgan: VQGAN, disc: PatchDiscriminator, opt_g, opt_d, x: torch.Tensor, use_gan: bool) -> dict:
+    """One generator update (L1 + codebook [+ λ·hinge G loss]) and, with the GAN on, one discriminator update."""
+    vqgan.train()
+    rec, codebook_loss, _ = vqgan(x)
+    rec_loss = (x - rec).abs().mean()
+    loss = rec_loss + codebook_loss
+    figures = {"l1": rec_loss.item(), "codebook": codebook_loss.item()}
+    if use_gan:
+        g_loss = -disc(rec).mean()
+        weight = adaptive_weight(rec_loss, g_loss, vqgan.last_layer, DISC_WEIGHT)
+        loss = loss + weight * g_loss
+        figures["g_weight"] = weight.item()
+    opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_g.step()
+    if use_gan:
+        d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        figures["d_loss"] = d_loss.item()
+    return figures
+
+
+@torch.no_grad()
+def _evaluate(vqgan: VQGAN, heldout: data_mod.ImageDataset, device: torch.device) -> dict:
+    """Mean per-image PSNR (dB) of the held-out reconstructions and how many codebook entries they use."""
+    vqgan.eval()
+    scores, codes = [], set()
+    # no DataLoader: iterating one draws from the global RNG, and evaluating must not change the training
+    for images in torch.stack([heldout[i][0] for i in range(len(heldout))]).split(256):
+        images = images.to(device)
+        scores.append(psnr(images, vqgan.reconstruct(images)).cpu())
+        codes.update(vqgan.encode(images * 2 - 1)[2].unique().tolist())
+    return {"psnr_db": round(torch.cat(scores).mean().item(), 3), "codes_used": len(codes)}
+
+
+@torch.no_grad()
+def _save_grid(vqgan: VQGAN, heldout: data_mod.ImageDataset, device: torch.device, path: Path) -> Path:
+    """PNG of held-out originals (top row) over their reconstructions (bottom row); kept out of the pack."""
+    from torchvision.utils import save_image
+
+    images = torch.stack([heldout[i][0] for i in range(min(GRID_IMAGES, len(heldout)))]).to(device)
+    rows = torch.cat([images, vqgan.reconstruct(images)]).cpu()
+    artifacts.atomic_write(path, lambda tmp: save_image(rows, tmp, nrow=len(images), padding=1, format="png"))
+    return path

@@ -1,0 +1,228 @@
+"""A model card per target (Markdown + JSON), after Arm's Raspberry Pi 5 model cards.
+
+`<run>/cards/<target>.{md,json}`: the model and task, top-1 vs PyTorch fp32 per engine,
+p50/p90/p99, time to first inference, peak memory, FPS, what each number covers (compute
+only, or end-to-end with preprocessing), threads, batch and versions, and whether the
+figures were measured (the host, or a device's agent) or estimated (everything else).
+Engines dropped as not faster (edgeft.precision_policy) are listed with the reason and are
+never the recommended engine.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from edgeft import artifacts
+from edgeft.errors import EdgeftError
+from edgeft.precision_policy import ORDER, apply_policy, batch_of, dropped
+from edgeft.targets import TARGETS, get_target
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "edgeft-model-card/1"
+MEASURED_NOTE = ("Measured on this machine: warm-up, then timed runs until both the iteration and the time minimum; "
+                 "every raw sample is in profiles/{target}.json.")
+ESTIMATED_NOTE = ("Estimated, not measured: a roofline over the ONNX graph against the target's published peaks, "
+                  "calibrated as each engine's `calibration` says. Accuracy is measured on the host (same engine "
+                  "precision); latency is not. Measure with `edgeft profile RUN --target {target} --remote URL`.")
+DASH = "—"
+
+
+def _engine(record: dict, exports: dict[tuple[str, str], dict]) -> dict[str, Any]:
+    """One engine's figures on the target, joined with its export validation."""
+    exp = exports.get((record.get("format"), record.get("precision")), {})
+    lat = record.get("latency_ms") or {}
+    measured = record.get("label") == "measured"
+    accuracy, reference = record.get("accuracy"), exp.get("reference_accuracy")
+    pre = record.get("preprocess_ms") or {}
+    first = (record.get("load_ms") or 0) + (record.get("first_inference_ms") or 0) if measured else None
+    config = record.get("config") or {}
+    return {
+        "engine": record.get("engine"), "format": record.get("format"), "backend": record.get("backend"),
+        "precision": record.get("precision"), "how": record.get("label"),
+        "reference": record.get("format") == "torch",
+        "kept": not dropped(record), "precision_check": record.get("precision_check"),
+        "accuracy": accuracy, "fp32_accuracy": reference,
+        "top1_drop_points": round(100 * (reference - accuracy), 3)
+        if isinstance(accuracy, (int, float)) and isinstance(reference, (int, float)) else None,
+        "top1_agreement": exp.get("top1_agreement"), "validated_on_images": exp.get("images"),
+        "size_mb": round(exp["size_bytes"] / 1e6, 2) if exp.get("size_bytes") else None,
+        "latency_ms": {k: lat[k] for k in ("p50", "p90", "p99", "mean", "std", "min") if k in lat},
+        "fps": (record.get("throughput") or {}).get("images_per_s"),
+        "best_throughput": (record.get("throughput") or {}).get("best"),
+        "time_to_first_inference_ms": round(first, 3) if first is not None else None,
+        "load_ms": record.get("load_ms"), "first_run_ms": record.get("first_inference_ms"),
+        "memory": record.get("memory"),
+        "preprocess_p50_ms": pre.get("p50"),
+        "end_to_end_p50_ms": round(pre["p50"] + lat["p50"], 4) if "p50" in pre and "p50" in lat else None,
+        "batch": batch_of(record), "threads": config.get("threads"), "warmup": config.get("warmup"),
+        "iterations": record.get("iterations"),
+        "runtime": record.get("runtime") or {"backend": record.get("backend")},
+        "calibration": record.get("calibration"), "covers": record.get("covers"),
+    }
+
+
+def build_card(run_dir: str | Path, target: str) -> dict[str, Any]:
+    """The card of one target from the run's profiles/<target>.json, export.json and summary."""
+    root, tgt = Path(run_dir), get_target(target)
+    path = root / "profiles" / f"{tgt.name}.json"
+    if not path.exists():
+        raise EdgeftError(f"{path}: no profiles for {tgt.name}; run `edgeft card {root} --target {tgt.name}`")
+    records = artifacts.read_json(path).get("records", [])
+    summary = artifacts.read_json(root / "summary.json") if (root / "summary.json").exists() else {}
+    student = artifacts.read_json(root / "student" / "card.json") if (root / "student" / "card.json").exists() else {}
+    export_rows = artifacts.read_json(root / "export.json").get("engines", []) if (root / "export.json").exists() else []
+    exports = {(r.get("format"), r.get("precision")): r for r in export_rows}
+    rank = {p: i for i, p in enumerate(ORDER)}
+    records = sorted(records, key=lambda r: (r.get("format") != "torch", r.get("format") or "",
+                                             rank.get(r.get("precision"), len(rank))))
+    engines = [_engine(r, exports) for r in records]
+    labels = {e["how"] for e in engines}
+    how = labels.pop() if len(labels) == 1 else "measured and estimated"
+    candidates = [e for e in engines if e["kept"] and not e["reference"] and e["latency_ms"].get("p50")]
+    best = min(candidates, key=lambda e: e["latency_ms"]["p50"], default=None)
+    host = next((r.get("host") for r in records if r.get("host")), None)
+    return {
+        "schema": SCHEMA, "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run": root.name,
+        "model": {"arch": student.get("arch") or summary.get("student", {}).get("name"), "task": "image classification",
+                  "classes": student.get("num_classes") or summary.get("data", {}).get("classes"),
+                  "class_names": student.get("class_names"), "input_size": student.get("input_size"),
+                  "mean": student.get("mean"), "std": student.get("std"),
+                  "teacher": student.get("teacher") or (summary.get("teacher") or {}).get("name"),
+                  "method": student.get("method") or summary.get("method"),
+                  "params": summary.get("student", {}).get("params"), "macs": summary.get("student", {}).get("macs"),
+                  "student_accuracy": summary.get("student", {}).get("accuracy")},
+        "data": summary.get("data"),
+        "target": {"name": tgt.name, "title": tgt.title, "kind": tgt.kind},
+        "how": how,
+        "label": (MEASURED_NOTE if how == "measured" else ESTIMATED_NOTE).format(target=tgt.name),
+        "recommended": None if best is None else {k: best[k] for k in ("format", "backend", "precision", "engine")},
+        "engines": engines,
+        "dropped": [e["precision_check"]["reason"] for e in engines if not e["kept"]],
+        "covers": _covers(engines),
+        "versions": {"edgeft": _version(), "export": (export_rows[0].get("versions") if export_rows else None),
+                     "runtimes": {f"{e['format']} {e['precision']}": e["runtime"] for e in engines},
+                     "host": host},
+        "notes": tgt.notes,
+    }
+
+
+def _covers(engines: list[dict]) -> dict[str, str]:
+    images = next((e["validated_on_images"] for e in engines if e["validated_on_images"]), None)
+    measured = next((e for e in engines if e["how"] == "measured"), None)
+    estimated = next((e for e in engines if e["how"] == "estimated"), None)
+    out = {"accuracy": f"top-1 on {images or '?'} held-out images, each engine run on this host next to PyTorch fp32 "
+                       "on the same images (top1_drop_points = fp32 − engine, in points)"}
+    if measured:
+        out["latency"] = f"compute only: {measured['covers']}"
+        out["end_to_end"] = ("preprocessing p50 (uint8 HWC → normalised NCHW, numpy, JPEG decoding and resizing "
+                             "not included) + compute p50, measured separately")
+        out["time_to_first_inference"] = "engine load + first run, in a fresh engine"
+        out["memory"] = ("peak resident memory added while loading and running the engine (sampled every 2 ms, in the "
+                         "profiling process), and that process's peak")
+        threads = measured["threads"]
+        out["threads"] = f"{threads}" if threads else "the runtime's default (all cores)"
+    if estimated:
+        out["estimate"] = f"compute only: {estimated['covers']}; p90/p99, first inference and memory are not estimated"
+    return out
+
+
+def _version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("edgeft")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cell(value: Any, digits: int = 2, scale: float = 1.0, suffix: str = "") -> str:
+    return f"{value * scale:.{digits}f}{suffix}" if isinstance(value, (int, float)) else DASH
+
+
+def markdown(card: dict[str, Any]) -> str:
+    """The card as Markdown."""
+    model, tgt = card["model"], card["target"]
+    title = f"# {model['arch']} on {tgt['title']}"
+    how = card["how"].upper()
+    lines = [title, "", f"**{how}** · {card['label']}", ""]
+    size = "×".join(str(s) for s in model["input_size"]) if model.get("input_size") else "?"
+    rec = card["recommended"]
+    facts = [("task", f"{model['task']}, {model['classes']} classes" + (
+                 f" ({', '.join(model['class_names'][:10])})" if model.get("class_names") else "")),
+             ("model", f"{model['arch']}, input {size}" + (f", {model['params'] / 1e6:.2f} M params" if model.get("params") else "")
+              + (f", {model['macs'] / 1e6:.0f} MMACs" if model.get("macs") else "")),
+             ("trained", f"{model.get('method') or '?'} from teacher {model.get('teacher') or 'none'}"),
+             ("target", f"{tgt['name']} ({tgt['kind']})"),
+             ("recommended engine", f"{rec['format']} {rec['precision']} on {rec['backend']} (fastest kept, p50)" if rec else DASH)]
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts] + [""]
+    head = ("engine", "precision", "how", "kept", "top-1", "vs FP32 (points)", "p50 ms", "p90 ms", "p99 ms", "FPS",
+            "first inference ms", "peak MB", "end-to-end p50 ms")
+    lines += ["## Performance (batch 1)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in card["engines"]:
+        lat, mem = e["latency_ms"], e["memory"] or {}
+        name = f"{e['format']} ({e['backend']})" + (" reference" if e["reference"] else "")
+        lines.append("| " + " | ".join([
+            name, e["precision"] or DASH, e["how"], "yes" if e["kept"] else "**dropped**",
+            _cell(e["accuracy"], 2, 100, " %"), _cell(0.0 - e["top1_drop_points"] if e["top1_drop_points"] is not None else None, 2),
+            _cell(lat.get("p50"), 3), _cell(lat.get("p90"), 3), _cell(lat.get("p99"), 3), _cell(e["fps"], 1),
+            _cell(e["time_to_first_inference_ms"], 1), _cell(mem.get("peak_increase_mb"), 1),
+            _cell(e["end_to_end_p50_ms"], 3)]) + " |")
+    checks = [e["precision_check"] for e in card["engines"] if e["precision_check"]]
+    if checks:
+        lines += ["", "## Precisions kept only where faster (>= 1.02x vs the next higher kept precision)", ""]
+        lines += [f"- {c['format']} {c['precision']}: {'kept' if c['kept'] else '**dropped**'} — {c['reason']}"
+                  for c in checks]
+    lines += ["", "## What the numbers cover", ""] + [f"- **{k.replace('_', ' ')}**: {v}" for k, v in card["covers"].items()]
+    for e in card["engines"]:
+        if e["calibration"]:
+            lines.append(f"- **calibration of {e['format']} {e['precision']}**: {e['calibration'].get('label')} — "
+                         f"{e['calibration'].get('source')}")
+    versions = card["versions"]
+    lines += ["", "## Versions", "", f"- edgeft {versions['edgeft']}"]
+    if versions.get("export"):
+        lines.append("- export: " + ", ".join(f"{k} {v}" for k, v in versions["export"].items() if v))
+    runtimes = {f"{r.get('backend')} {r.get('version', '')}".strip() for r in versions["runtimes"].values()}
+    lines.append("- runtimes: " + ", ".join(sorted(runtimes)))
+    if versions.get("host"):
+        host = versions["host"]
+        lines.append(f"- host: {host.get('cpu')} ({host.get('cores')} logical cores), {host.get('system')}, "
+                     f"Python {host.get('python')}, numpy {host.get('numpy')}")
+    if card.get("notes"):
+        lines += ["", f"Target notes: {card['notes']}"]
+    lines += ["", f"Generated {card['generated']} by edgeft ({SCHEMA}).", ""]
+    return "\n".join(lines)
+
+
+def write_cards(run_dir: str | Path, targets: Iterable[str] | None = None) -> list[Path]:
+    """Writes cards/<target>.{md,json} for `targets` (default: every target with profiles); returns the .md paths."""
+    root = Path(run_dir)
+    if targets is None:
+        targets = sorted(p.stem for p in (root / "profiles").glob("*.json") if p.stem in TARGETS.names())
+    written = []
+    for target in targets:
+        card = build_card(root, target)
+        name = card["target"]["name"]
+        artifacts.write_json(root / "cards" / f"{name}.json", card)
+        written.append(artifacts.write_text(root / "cards" / f"{name}.md", markdown(card)))
+    return written
+
+
+def make_cards(run_dir: str | Path, targets: Iterable[str] = ("all",), cfg=None) -> list[Path]:
+    """Cards for `targets` ('all': every registered target), profiling targets that have no profiles
+    first (host measured, others estimated), then keeping precisions only where faster."""
+    from edgeft.runtime.dispatch import is_run_dir, profile_on_target
+    from edgeft.runtime.profile import ProfileConfig
+
+    root = Path(run_dir)
+    if not is_run_dir(root):
+        raise EdgeftError(f"{root}: not a run directory (no student/card.json or export.json)")
+    names = list(TARGETS.names()) if "all" in targets else [get_target(t).name for t in targets]
+    for name in names:
+        if not (root / "profiles" / f"{name}.json").exists():
+            log.info("profiling %s on %s", root.name, name)
+            profile_on_target(root, name, cfg=cfg or ProfileConfig())
+        apply_policy(root, name)
+    return write_cards(root, names)
