@@ -91,6 +91,8 @@ def test_irf_adapts_the_teacher_in_four_stages_and_other_methods_distil_from_it(
     done = {p.name for p in (out / "checkpoints").iterdir() if (p / "done.json").exists()}
     assert done == {"irf-deliver", "irf-calibrate"}
     assert list((out / "cache").glob("irf-rec-*.safetensors"))  # assembling is cached
+    norms = [load_file(str(p))["features"].norm(dim=1).mean().item() for p in (out / "cache").glob("[0-9a-f]*")]
+    assert len(norms) == 2 and max(norms) < 3 * min(norms)  # re-represented images are fed in [0, 1] like the originals
     card = json.loads((out / "student" / "card.json").read_text())
     assert (card["arch"], card["method"]) == ("resnet14t", "irf")
     summary = json.loads((out / "summary.json").read_text())

@@ -62,7 +62,8 @@ class MixedViews(Dataset):
 
 
 def rerepresent(ctx: TransferContext, pack: Pack, dataset: ImageDataset, name: str) -> ImageDataset:
-    """Assembling: `dataset`'s images through the frozen VQGAN, cached as uint8 in the run directory."""
+    """Assembling: `dataset`'s images through the frozen VQGAN (cached as uint8 in the run directory),
+    returned with the eval transform like `ctx.train_set(augment=False)`."""
     from safetensors.torch import load_file, save_file
 
     path = ctx.run.cache / f"irf-rec-{cache_key(pack.digest, name, str(ctx.image_size))}.safetensors"
@@ -74,7 +75,7 @@ def rerepresent(ctx: TransferContext, pack: Pack, dataset: ImageDataset, name: s
         if ctx.dist.is_main:
             tensors = {f"{i}": t.contiguous() for i, t in enumerate(images)}
             artifacts.atomic_write(path, lambda tmp: save_file(tensors, tmp))
-    view = dataset.with_transform(dataset.transform)
+    view = dataset.with_transform(build_transform(ctx.image_size, train=False))
     view.images = images
     return view
 
