@@ -76,6 +76,50 @@ FAIL_IF_HELP = ('CI gate: exit 3 when this holds for any engine, e.g. "top1_drop
                 '(metrics: top1_drop, accuracy, agreement, size_mb, p50_ms, p90_ms, p99_ms, fps, first_inference_ms, peak_mb).')
 
 
+def _csv(cast):
+    """A click callback: 'a,b' → (cast(a), cast(b)); a bad item is a usage error (exit 2)."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None):
+        if value is None:
+            return None
+        try:
+            return tuple(cast(v.strip()) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: give comma-separated {cast.__name__} values") from None
+
+    return parse
+
+
+DIGG_OPTIONS = [
+    click.option("--mask-shapes", callback=_csv(str), help="DIGG masks on the code grid: box (one rectangle), block (scattered squares) [box,block]."),
+    click.option("--mask-ratio", callback=_csv(float), help="DIGG: masked share of the code grid, MIN,MAX drawn uniformly [0.25,0.75]."),
+    click.option("--temperature", type=float, help="DIGG sampling temperature [1.0]."),
+    click.option("--top-k", type=int, help="DIGG: sample among the k most likely codes [100]."),
+]
+
+
+FEW_DATA_OPTIONS = [
+    click.option("--classes", help="Comma-separated subset of the class folders to use."),
+    click.option("--fraction", type=float, help="Stratified fraction of the training images to keep."),
+    click.option("--shots", type=int, help="Images per class to keep (instead of --fraction)."),
+]
+
+
+def _options(options: list):
+    """A decorator applying a shared list of click options in order."""
+
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+_digg_options = _options(DIGG_OPTIONS)  # shared by `compress` and `generate`
+_few_data_options = _options(FEW_DATA_OPTIONS)
+
+
 def _method_names() -> list[str]:
     from edgeft.compress.methods import METHODS
 
@@ -89,9 +133,7 @@ def _method_names() -> list[str]:
 @click.option("--student", help="timm model name of the student [resnet18].")
 @click.option("--student-weights", help="PATH, 'imagenet', 'none' or 'auto' (imagenet; none with the demo teacher).")
 @click.option("--data", help="ImageFolder directory, a .zip of one, or 'demo'.")
-@click.option("--classes", help="Comma-separated subset of the class folders to use.")
-@click.option("--fraction", type=float, help="Stratified fraction of the training images to keep.")
-@click.option("--shots", type=int, help="Images per class to keep (instead of --fraction).")
+@_few_data_options
 @click.option("--val-fraction", type=float, help="Held-out share of a flat class-per-folder tree [0.2].")
 @click.option("--seed", type=int, help="Seed for sampling, init and data order [0].")
 @click.option("--method", help="Transfer method, from the METHODS registry (list: `edgeft methods`) [stl].")
@@ -116,14 +158,17 @@ def _method_names() -> list[str]:
 @click.option("--beta", help="aft: weight of the kernel distance, a number >= 0, or 'auto' to pick 3/10/30 on a 10% hold-out (~4x the training) [10].")
 @click.option("--aft-weights", type=click.Choice(["learned", "identity"]), help="aft: learned feature weights or identity (ablation) [learned].")
 @click.option("--aft-kernel", type=click.Choice(["linear", "rbf"]), help="aft: batch kernel (rbf: ablation) [linear].")
-@click.option("--unlabeled", help="kdep: directory or .zip of distillation images [the labelled train images, labels unused].")
+@click.option("--unlabeled", help="kdep: directory or .zip of distillation images, or digg:PACK for DIGG images of the few [the labelled train images, labels unused]; --kd-data upstream: the upstream images.")
 @click.option("--align", type=click.Choice(["svd", "linear", "channel-select"]), help="kdep: teacher→student dimension alignment [svd].")
 @click.option("--transform", type=click.Choice(["pts", "none", "std-norm"]), help="kdep: transform of the aligned teacher target [pts].")
-@click.option("--pack", help="irf: VQGAN pack directory made by `edgeft prime`, or 'demo'.")
+@click.option("--pack", help="irf, digg, ota, digg-irf: pack directory made by `edgeft prime` (DIGG: with a transformer), or 'demo'.")
 @click.option("--search/--no-search", default=None, help="irf: pick the paper's lr/wd grids on a 10% hold-out of train (~7x the training).")
 @click.option("--deliver-data", type=click.Choice(["rec", "original", "mixed"]), help="irf: images of the frozen-backbone head stage (ablation) [rec].")
 @click.option("--calib-data", type=click.Choice(["original", "rec", "mixed"]), help="irf: images of the all-parameter stage (ablation) [original].")
 @click.option("--teacher-from", help="A finished run directory whose model (e.g. irf's adapted teacher) is the teacher.")
+@click.option("--kd-data", type=click.Choice(["digg", "upstream", "raw"]), help="digg, ota, digg-irf: distillation images: DIGG-generated, --unlabeled upstream images (same count) or the few raw images [digg].")
+@click.option("--n-generated", type=int, help="digg, ota, digg-irf, kdep with digg:PACK: images to generate [10 per training image].")
+@_digg_options
 @click.option("--fail-if", "fail_if", help=FAIL_IF_HELP)
 @click.pass_context
 def compress(ctx: click.Context, config_file: str | None, fail_if: str | None, **options: Any) -> None:
@@ -184,7 +229,7 @@ def _judge(gate: Any, rows: list[dict]) -> None:
 
 
 @cli.command()
-@click.option("--data", required=True, help="Upstream ImageFolder directory or .zip (train/ is trained on; val/ or test/ gives the held-out images).")
+@click.option("--data", help="Upstream ImageFolder directory or .zip (train/ is trained on; val/ or test/ gives the held-out images); not needed with --resume.")
 @click.option("--out", required=True, help="Pack directory to write (weights + pack.json + card.md, no images).")
 @click.option("--work", help="Checkpoints, metrics and the held-out grid [<out>-work].")
 @click.option("--classes", help="Comma-separated subset of the class folders.")
@@ -201,10 +246,17 @@ def _judge(gate: Any, rows: list[dict]) -> None:
 @click.option("--eval-every", type=int, help="Steps between held-out PSNR rows in <work>/metrics.jsonl [1000].")
 @click.option("--half/--no-half", default=None, help="Store the pack's weights in fp16.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train [auto].")
-@click.option("--resume/--no-resume", default=None, help="Continue the prime run of --out.")
+@click.option("--resume/--no-resume", default=None, help="Continue the prime run of --out (or add/extend its transformer).")
+@click.option("--transformer-steps", type=int, help="Then train DIGG's latent transformer this many steps (0: VQGAN only) [0].")
+@click.option("--transformer-layers", type=int, help="Transformer blocks [4].")
+@click.option("--transformer-heads", type=int, help="Attention heads per block [4].")
+@click.option("--transformer-width", type=int, help="Transformer width [192].")
+@click.option("--transformer-lr", type=float, help="AdamW learning rate of the transformer [3e-4].")
+@click.option("--transformer-batch-size", type=int, help="Transformer batch size [64].")
 @click.pass_context
 def prime(ctx: click.Context, **options: Any) -> None:
-    """Train a VQGAN on upstream images once and write a portable pack for `--method irf` (OTA §3.1)."""
+    """Train a VQGAN on upstream images once and write a portable pack for `--method irf` (OTA §3.1);
+    with --transformer-steps also the latent transformer that DIGG samples from (§3.2)."""
     from edgeft.compress.generative.prime import prime as run_prime
     from edgeft.config import PrimeConfig, build_config
 
@@ -214,6 +266,34 @@ def prime(ctx: click.Context, **options: Any) -> None:
     held = meta["heldout"]
     console.print(f"wrote {options['out']}: held-out PSNR {held['psnr_db']:.2f} dB on {held['images']} images, "
                   f"{held['codes_used']} codes in use, {meta['training']['seconds']:.0f} s", highlight=False)
+    if "transformer" in meta:
+        nll = meta["transformer"]["heldout"]
+        console.print(f"transformer: held-out NLL {nll['nll']:.3f} nats per code (uniform {nll['uniform_nll']:.3f}), "
+                      f"{meta['transformer']['training']['steps']} steps", highlight=False)
+
+
+@cli.command()
+@click.option("--pack", required=True, help="Pack with a latent transformer (`edgeft prime --transformer-steps N`), or 'demo'.")
+@click.option("--data", required=True, help="The few downstream images: ImageFolder directory, .zip or 'demo' (their train split is used).")
+@click.option("--out", required=True, help="Output directory: <class>/<index>.png (ImageFolder) + manifest.jsonl.")
+@click.option("--n", type=int, help="Images to generate, over all shards [1000].")
+@_few_data_options
+@click.option("--seed", type=int, help="Seed of the sources' sampling, the masks and the sampling [0].")
+@click.option("--batch-size", type=int, help="Images completed together [64].")
+@click.option("--shard", help="i/n: make every n-th batch from batch i; the n shards together = the unsharded output [0/1].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to generate [auto].")
+@_digg_options
+def generate(**options: Any) -> None:
+    """Generate downstream-looking images from few images with a pack's VQGAN and transformer (DIGG, OTA §3.2)."""
+    from edgeft.compress.generative.digg import run_generate
+    from edgeft.config import GenerateConfig, build_config
+
+    if options.get("classes"):
+        options["classes"] = _split(options["classes"])
+    done = run_generate(build_config(GenerateConfig, **options), progress=RichProgress())
+    speed = f"{done['images_per_s']:.1f} images/s on {done['device']}" if done["images_per_s"] else "nothing left to make"
+    console.print(f"wrote {done['made']} images (shard {done['shard']}) into {done['out']}, {done['images']} there in all; "
+                  f"{speed}", highlight=False)
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -300,7 +380,7 @@ def _show_summary(summary: dict) -> None:
     teacher, student = summary.get("teacher"), summary["student"]
     if teacher:
         acc = teacher["accuracy"]
-        table.add_row("teacher (linear probe)", teacher["name"], f"{teacher['params'] / 1e6:.1f}", "",
+        table.add_row(f"teacher ({teacher.get('evaluated_as') or 'not evaluated'})", teacher["name"], f"{teacher['params'] / 1e6:.1f}", "",
                       "" if acc is None else f"{acc:.2%}")
     table.add_row("student", student["name"], f"{student['params'] / 1e6:.1f}", f"{student['macs'] / 1e6:.0f}",
                   f"{student['accuracy']:.2%}")

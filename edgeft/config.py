@@ -62,6 +62,13 @@ class CompressConfig:
     deliver_data: str = "rec"  # irf delivering (frozen backbone, new head): rec | original | mixed
     calib_data: str = "original"  # irf calibration (all parameters): original | rec | mixed
     teacher_from: str | None = None  # a finished run whose model (e.g. irf's adapted teacher) is the teacher
+    # DIGG distillation (methods/digg.py, ota.py): digg, ota, digg-irf; kdep with --unlabeled digg:PACK
+    kd_data: str = "digg"  # digg | upstream (--unlabeled images, same count) | raw (the few images)
+    n_generated: int | None = None  # DIGG images to distil on; default 10 per few image
+    mask_shapes: tuple[str, ...] = ("box", "block")
+    mask_ratio: tuple[float, ...] = (0.25, 0.75)  # masked share of the code grid, drawn uniformly in [min, max]
+    temperature: float = 1.0
+    top_k: int = 100
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for YAML (tuples become lists)."""
@@ -91,6 +98,37 @@ class PrimeConfig:
     half: bool = False  # store the pack's weights in fp16
     device: str = "auto"
     resume: bool = False
+    # The latent transformer for DIGG, trained after the VQGAN on its codes (0 steps: VQGAN only)
+    transformer_steps: int = 0
+    transformer_layers: int = 4
+    transformer_heads: int = 4
+    transformer_width: int = 192
+    transformer_lr: float = 3e-4
+    transformer_batch_size: int = 64
+
+    to_dict = CompressConfig.to_dict
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Every option of `edgeft generate` (DIGG: complete masked codes of few images, OTA §3.2)."""
+
+    pack: str = ""
+    data: str = ""
+    out: str = ""
+    n: int = 1000
+    classes: tuple[str, ...] = ()
+    fraction: float | None = None
+    shots: int | None = None
+    val_fraction: float = 0.2
+    seed: int = 0
+    mask_shapes: tuple[str, ...] = ("box", "block")
+    mask_ratio: tuple[float, ...] = (0.25, 0.75)
+    temperature: float = 1.0
+    top_k: int = 100
+    batch_size: int = 64
+    shard: str = "0/1"  # i/n: this process makes every n-th batch, starting at batch i
+    device: str = "auto"
 
     to_dict = CompressConfig.to_dict
 

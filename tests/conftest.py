@@ -75,6 +75,23 @@ def tiny_pack(tmp_path_factory) -> Path:
 
 TINY_PRIME = {"image_size": 16, "steps": 4, "batch_size": 8, "channels": 8, "codebook_size": 16, "holdout": 4,
               "disc_start": 2}
+TINY_TRANSFORMER = {"transformer_steps": 6, "transformer_layers": 1, "transformer_heads": 2, "transformer_width": 16,
+                    "transformer_batch_size": 8}
+
+
+@pytest.fixture(scope="session")
+def tiny_digg_pack(tiny_pack, tmp_path_factory) -> Path:
+    """tiny_pack (VQGAN only) with a latent transformer added afterwards by `prime --resume --transformer-steps`."""
+    import shutil
+
+    from edgeft.compress.generative.prime import prime
+    from edgeft.config import PrimeConfig
+
+    root = tmp_path_factory.mktemp("tiny_digg_pack")
+    shutil.copytree(tiny_pack, root / "pack")
+    shutil.copytree(tiny_pack.parent / "pack-work", root / "pack-work")
+    prime(PrimeConfig(out=str(root / "pack"), resume=True, **TINY_TRANSFORMER), explicit=dict(TINY_TRANSFORMER))
+    return root / "pack"
 
 
 def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     CACHE, DOWNSTREAM_CLASSES, DOWNSTREAM_FRACTION, RESULTS, dump_json, provenance, require_cifar,
 )
+from bench_digg import digg_pack, upstream_dir  # noqa: E402
 from bench_irf import PACK, upstream_pack  # noqa: E402
 from pretrain_teacher import pretrain  # noqa: E402
 
@@ -78,7 +79,21 @@ ROWS: list[Row] = [
     Row("irf mixed", "irf", model="teacher", init="upstream", epochs=5,
         options={"pack": str(PACK), "deliver_data": "mixed", "calib_data": "mixed"},
         note="IRF ablation, Table 4 (f): original + re-represented in both stages"),
+    Row("digg", "digg", init="scratch", uses_teacher=True, epochs=5, options={"pack": str(PACK)},
+        note="OTA DIGG: teacher features distilled on 10 DIGG images per few image (25,000), then fine-tune (5 epochs each)"),
+    Row("ota", "ota", init="scratch", uses_teacher=True, epochs=5, options={"pack": str(PACK)},
+        note="OTA: IRF-adapted BiT distilled on DIGG images (25,000), then fine-tune (5 epochs per stage)"),
+    Row("digg-irf", "digg-irf", init="scratch", uses_teacher=True, epochs=5, options={"pack": str(PACK)},
+        note="OTA Table 9 reversed order: un-adapted BiT distilled on DIGG images, then IRF on the student"),
+    Row("kd raw", "digg", init="scratch", uses_teacher=True, epochs=5, options={"kd_data": "raw"},
+        note="Table 5 (b): feature KD on the 2,500 raw few images, then fine-tune"),
+    Row("kd upstream", "digg", init="scratch", uses_teacher=True, epochs=5,
+        options={"kd_data": "upstream", "unlabeled": "UPSTREAM", "n_generated": 10000},
+        note="Table 5 (d): feature KD on 10,000 upstream images, then fine-tune"),
+    Row("kd digg", "digg", init="scratch", uses_teacher=True, epochs=5, options={"pack": str(PACK), "n_generated": 10000},
+        note="Table 5 (f): feature KD on 10,000 DIGG images (as many as kd upstream), then fine-tune"),
 ]
+DIGG_METHODS = {"digg", "ota", "digg-irf"}
 
 
 def run_row(row: Row, seed: int, quick: bool) -> dict:
@@ -87,11 +102,15 @@ def run_row(row: Row, seed: int, quick: bool) -> dict:
     weights = {"teacher": teacher_run / "student" / "model.safetensors"}
     if row.init == "upstream" and row.model == "student":
         weights["student"] = pretrain(STUDENT_ARCH, STUDENT_UPSTREAM_EPOCHS) / "student" / "model.safetensors"
-    if "pack" in row.options:
+    if "pack" in row.options and row.method in DIGG_METHODS:
+        digg_pack()
+    elif "pack" in row.options:
         upstream_pack()
     out = _run_dir(row, seed, quick)
     run = artifacts.RunDir(out)
     options = _options_for_seed(row, seed, quick)
+    if options.get("unlabeled") == "UPSTREAM":
+        options["unlabeled"] = str(upstream_dir())
     if not run.summary.exists():
         cfg = CompressConfig(
             teacher=(TEACHER_ARCH,) if row.uses_teacher else (),

@@ -6,7 +6,9 @@ Writes edgeft/demo/teacher.safetensors (fp16, <= 15 MB) + teacher.json,
 edgeft/demo/downstream.zip (<= 3 MB): train/ with SHOTS images per downstream class and
 test/ with TEST_PER_CLASS held-out images per class, from the shared CIFAR-10, and
 edgeft/demo/pack/ (<= 10 MB): the benchmark's VQGAN pack (tools/bench_irf.py) in fp16, for
-`--method irf --pack demo`. `--only pack` (or data, teacher) remakes one part.
+`--method irf --pack demo`, with its latent transformer (tools/bench_digg.py) in fp16 when the
+benchmark pack has one, for `--method ota|digg|digg-irf --pack demo`. `--only pack` (or data,
+teacher) remakes one part.
 """
 from __future__ import annotations
 
@@ -72,12 +74,16 @@ def make_data() -> Path:
 
 def make_pack() -> Path:
     """The benchmark's upstream VQGAN pack with fp16 weights (pack.json and card.md rewritten to match)."""
-    from edgeft.compress.generative.pack import DEMO_PACK, load_pack, write_pack
+    from edgeft.compress.generative.pack import DEMO_PACK, TRANSFORMER_WEIGHTS, add_transformer, load_pack, write_pack
 
     pack = load_pack(str(upstream_pack()))
-    meta = {k: v for k, v in pack.meta.items() if k not in ("format", "architecture", "dtype", "sha256")}
+    meta = {k: v for k, v in pack.meta.items() if k not in ("format", "architecture", "dtype", "sha256", "transformer")}
     meta["made_by"] = "tools/make_demo.py (fp16 copy of the tools/bench_irf.py pack)"
+    (DEMO_PACK / TRANSFORMER_WEIGHTS).unlink(missing_ok=True)
     write_pack(DEMO_PACK, pack.vqgan, meta, half=True)
+    if pack.transformer is not None:
+        info = {k: v for k, v in pack.meta["transformer"].items() if k not in ("architecture", "dtype", "sha256")}
+        add_transformer(DEMO_PACK, pack.transformer, info, half=True)
     size = sum(p.stat().st_size for p in DEMO_PACK.iterdir())
     assert size <= MAX_PACK_BYTES, f"{DEMO_PACK} is {size} bytes"
     return DEMO_PACK / "vqgan.safetensors"

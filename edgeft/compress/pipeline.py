@@ -149,6 +149,7 @@ def _summarise(ctx: TransferContext, student, images, val, seconds: float) -> di
             "name": "+".join(s.display_name for s in ctx.teacher_specs),
             "params": sum(models.count_params(t) for t in ctx.teachers()),
             "accuracy": ctx.notes.get("teacher_accuracy"),
+            "evaluated_as": ctx.notes.get("teacher_evaluated_as"),
         }
     return {
         "method": cfg.method,

@@ -13,7 +13,9 @@ from edgeft.compress.methods import METHODS
 from tests.conftest import tiny_args
 
 def extra_args(method: str, request) -> list[str]:
-    """What a method needs beyond the tiny defaults (irf: a VQGAN pack)."""
+    """What a method needs beyond the tiny defaults (irf: a VQGAN pack; DIGG methods: one with a transformer)."""
+    if method in ("digg", "ota", "digg-irf"):
+        return ["--pack", str(request.getfixturevalue("tiny_digg_pack")), "--n-generated", "8"]
     return ["--pack", str(request.getfixturevalue("tiny_pack"))] if method == "irf" else []
 
 
@@ -26,7 +28,8 @@ def test_method_runs_and_writes_the_run_directory(tmp_path, tiny_data, method, r
     assert summary["method"] == method
     assert set(summary) >= {"method", "teacher", "student", "data", "seconds"}
     assert set(summary["student"]) == {"name", "params", "macs", "accuracy"}
-    assert set(summary["teacher"]) == {"name", "params", "accuracy"}
+    assert set(summary["teacher"]) == {"name", "params", "accuracy", "evaluated_as"}
+    assert summary["teacher"]["evaluated_as"] == ("IRF-adapted" if method in ("irf", "ota") else "linear probe")
     assert 0.0 <= summary["student"]["accuracy"] <= 1.0
     assert summary["data"] == {"train_images": 24, "val_images": 12, "classes": 3}
     card = StudentCard.from_json(json.loads((out / "student" / "card.json").read_text()))

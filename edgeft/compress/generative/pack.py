@@ -4,6 +4,11 @@ A pack is a directory with `vqgan.safetensors` (weights), `pack.json` (architect
 figures, deviations from the paper's recipe, the weights' sha256) and `card.md` (the same for
 people). It holds no image data: the held-out grid that `edgeft prime` draws stays in its work
 directory next to the pack, because it shows upstream images.
+
+The latent transformer that DIGG samples from (OTA §3.2) is optional: `transformer.safetensors`
+plus a `transformer` entry in pack.json (architecture, training, its own sha256). The format name
+is unchanged, so VQGAN-only packs load as before (`Pack.transformer` is None) and older readers
+of a pack with a transformer simply ignore it.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from pathlib import Path
 import torch
 
 from edgeft import artifacts
+from edgeft.compress.generative.transformer import LatentTransformer, TransformerConfig
 from edgeft.compress.generative.vqgan import VQGAN, VQGANConfig
 from edgeft.errors import EdgeftError
 
@@ -22,6 +28,7 @@ log = logging.getLogger(__name__)
 
 PACK_FORMAT = "edgeft-vqgan-pack/1"
 WEIGHTS, MANIFEST, CARD = "vqgan.safetensors", "pack.json", "card.md"
+TRANSFORMER_WEIGHTS = "transformer.safetensors"
 DEMO_PACK = Path(__file__).resolve().parents[2] / "demo" / "pack"
 
 
@@ -32,11 +39,19 @@ class Pack:
     path: Path
     vqgan: VQGAN
     meta: dict
+    transformer: LatentTransformer | None = None
 
     @property
     def digest(self) -> str:
         """sha256 of the weights (identifies the pack in caches)."""
         return self.meta["sha256"]
+
+    def require_transformer(self, flag: str = "--pack") -> LatentTransformer:
+        """The latent transformer, or a one-line error that says how to add it to this pack."""
+        if self.transformer is None:
+            raise EdgeftError(f"{flag} {self.path}: has no latent transformer (DIGG needs one); add it with "
+                              f"`edgeft prime --out {self.path} --resume --transformer-steps 3000`")
+        return self.transformer
 
 
 def resolve_pack(pack: str) -> Path:
@@ -71,7 +86,29 @@ def load_pack(pack: str | None, device: torch.device | str = "cpu") -> Pack:
     except Exception as exc:  # noqa: BLE001 - any mismatch is the same user error
         raise EdgeftError(f"--pack {pack}: weights do not fit the recorded architecture ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:120]})") from None
-    return Pack(path, vqgan.to(device).eval().requires_grad_(False), meta)
+    transformer = _load_transformer(path, meta, pack)
+    if transformer is not None:
+        transformer = transformer.to(device).eval().requires_grad_(False)
+    return Pack(path, vqgan.to(device).eval().requires_grad_(False), meta, transformer)
+
+
+def _load_transformer(path: Path, meta: dict, pack: str) -> LatentTransformer | None:
+    """The pack's optional latent transformer, checked against its sha256 and architecture."""
+    from safetensors.torch import load_file
+
+    entry = meta.get("transformer")
+    if entry is None:
+        return None
+    file = path / TRANSFORMER_WEIGHTS
+    if not file.exists() or entry.get("sha256") != sha256(file):
+        raise EdgeftError(f"--pack {pack}: {TRANSFORMER_WEIGHTS} is missing or does not match the sha256 in {MANIFEST}")
+    try:
+        model = LatentTransformer(TransformerConfig.from_json(entry["architecture"]))
+        model.load_state_dict({k: v.float() for k, v in load_file(str(file)).items()})
+    except Exception as exc:  # noqa: BLE001 - any mismatch is the same user error
+        raise EdgeftError(f"--pack {pack}: {TRANSFORMER_WEIGHTS} does not fit its recorded architecture "
+                          f"({type(exc).__name__})") from None
+    return model
 
 
 def write_pack(out: Path, vqgan: VQGAN, meta: dict, half: bool = False) -> dict:
@@ -83,6 +120,21 @@ def write_pack(out: Path, vqgan: VQGAN, meta: dict, half: bool = False) -> dict:
     artifacts.atomic_write(out / WEIGHTS, lambda tmp: save_file(state, tmp))
     meta = {"format": PACK_FORMAT, "architecture": vqgan.cfg.to_json(), "dtype": str(dtype).removeprefix("torch."),
             **meta, "sha256": sha256(out / WEIGHTS)}
+    artifacts.write_json(out / MANIFEST, meta)
+    artifacts.write_text(out / CARD, card_markdown(meta))
+    return meta
+
+
+def add_transformer(out: Path, model: LatentTransformer, info: dict, half: bool = False) -> dict:
+    """Writes `transformer.safetensors` into the pack `out` and records it in pack.json and card.md."""
+    from safetensors.torch import save_file
+
+    dtype = torch.float16 if half else torch.float32
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    artifacts.atomic_write(out / TRANSFORMER_WEIGHTS, lambda tmp: save_file(state, tmp))
+    meta = artifacts.read_json(out / MANIFEST)
+    meta["transformer"] = {"architecture": model.cfg.to_json(), "dtype": str(dtype).removeprefix("torch."), **info,
+                           "sha256": sha256(out / TRANSFORMER_WEIGHTS)}
     artifacts.write_json(out / MANIFEST, meta)
     artifacts.write_text(out / CARD, card_markdown(meta))
     return meta
@@ -117,6 +169,7 @@ def card_markdown(meta: dict) -> str:
         f"- held-out reconstruction PSNR: {held.get('psnr_db')} dB on {held.get('images')} upstream images "
         "that were never trained on (they are not stored here)",
         f"- codebook entries in use on the held-out images: {held.get('codes_used')} of {arch['codebook_size']}",
+        *_transformer_lines(meta.get("transformer")),
         "",
         "## Deviations from the paper's recipe",
         "",
@@ -124,3 +177,14 @@ def card_markdown(meta: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _transformer_lines(entry: dict | None) -> list[str]:
+    """The card's lines on the optional latent transformer."""
+    if entry is None:
+        return ["- latent transformer: none (DIGG needs one: `edgeft prime --out THIS_DIR --resume --transformer-steps N`)"]
+    arch, train = entry["architecture"], entry.get("training", {})
+    return [f"- latent transformer (DIGG, OTA §3.2): {arch['layers']} layers × {arch['heads']} heads × width "
+            f"{arch['width']} over {arch['block_size']} codes; {train.get('steps')} steps of batch "
+            f"{train.get('batch_size')}, AdamW lr {train.get('lr')}; held-out NLL {entry.get('heldout', {}).get('nll')} "
+            "nats per code; `edgeft generate --pack THIS_DIR` samples from it"]

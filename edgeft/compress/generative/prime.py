@@ -7,21 +7,31 @@ separate loop with the same conventions — atomic checkpoints with every RNG st
 in metrics.jsonl and the `Progress` sink. Losses follow taming: L1 + codebook loss, plus the hinge
 PatchGAN with the adaptive weight from `disc_start` on. The perceptual (LPIPS) term needs VGG
 weights that cannot be loaded offline, so it is off and the pack records the deviation.
+
+With `transformer_steps` > 0 the latent transformer of DIGG (OTA §3.2) is trained next, on the codes
+that the pack's own (frozen) VQGAN gives the upstream train images and their mirror images (computed
+once into <work>/transformer/), and written into the same pack. It has its own resumable loop in
+<work>/transformer/ (checkpoints, held-out NLL rows in metrics.jsonl): minGPT's AdamW and a constant
+lr after a linear warm-up, as taming trains it. So `--resume --transformer-steps N` adds a transformer
+to a finished VQGAN-only pack without touching the VQGAN, and a larger N later trains it further.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import TensorDataset
 from torchvision.transforms import v2
 
 from edgeft import artifacts
 from edgeft.compress import data as data_mod
-from edgeft.compress.generative.pack import MANIFEST, write_pack
+from edgeft.compress.generative.pack import MANIFEST, add_transformer, load_pack, write_pack
+from edgeft.compress.generative.transformer import LatentTransformer, TransformerConfig, optimizer
 from edgeft.compress.generative.vqgan import (VQGAN, PatchDiscriminator, VQGANConfig, adaptive_weight, hinge_d_loss,
                                               psnr)
 from edgeft.compress.train import NullProgress, Progress, _rng_state, _set_rng_state
@@ -40,16 +50,26 @@ DEVIATIONS = [
     "architecture scaled for small images (taming's is for 256 px): see `architecture`",
 ]
 RESUME_FREE = {"resume", "device", "checkpoint_every", "eval_every"}
+TRANSFORMER_OPTIONS = {f.name for f in dataclasses.fields(PrimeConfig) if f.name.startswith("transformer_")}
+WARMUP_FRACTION, MAX_WARMUP = 0.05, 200  # transformer lr warm-up: 5% of its steps, at most 200
 
 
 def prime(cfg: PrimeConfig, explicit: dict | None = None, progress: Progress | None = None) -> dict:
-    """Trains (or resumes) the VQGAN of `cfg` and writes the pack; returns pack.json's content."""
-    from edgeft.compress.pipeline import resolve_device
-
+    """Trains (or resumes) the VQGAN of `cfg` and writes the pack, then its latent transformer when
+    `cfg.transformer_steps` > 0; returns pack.json's content."""
     out, work = Path(cfg.out), Path(cfg.work or f"{cfg.out}-work")
     cfg = _prepare(cfg, explicit or {}, out, work)
-    if (out / MANIFEST).exists() and (work / "done.json").exists():
-        return artifacts.read_json(out / MANIFEST)
+    if not ((out / MANIFEST).exists() and (work / "done.json").exists()):
+        _prime_vqgan(cfg, out, work, progress)
+    if cfg.transformer_steps:
+        return _prime_transformer(cfg, out, work, progress)
+    return artifacts.read_json(out / MANIFEST)
+
+
+def _prime_vqgan(cfg: PrimeConfig, out: Path, work: Path, progress: Progress | None) -> dict:
+    """The VQGAN's GAN loop (resumable) and the VQGAN-only pack."""
+    from edgeft.compress.pipeline import resolve_device
+
     device = resolve_device(cfg.device)
     train, heldout, classes = _load_data(cfg, work)
     steps_per_epoch = max(1, len(train) // cfg.batch_size)
@@ -80,8 +100,7 @@ def prime(cfg: PrimeConfig, explicit: dict | None = None, progress: Progress | N
         progress.advance(1, **figures)
         if step % cfg.eval_every == 0 or step == total:
             row = {"step": step, **figures, **_evaluate(vqgan, heldout, device), "seconds": round(time.time() - began, 1)}
-            artifacts.write_jsonl(work / "metrics.jsonl",
-                                  [r for r in artifacts.read_jsonl(work / "metrics.jsonl") if r["step"] < step] + [row])
+            _metrics_row(work / "metrics.jsonl", row)
             log.info("prime step %d: held-out PSNR %.2f dB", step, row["psnr_db"])
         if step % cfg.checkpoint_every == 0 or step == total:
             modules = {"vqgan": vqgan, "disc": disc, "opt_g": opt_g, "opt_d": opt_d}
@@ -104,18 +123,120 @@ def prime(cfg: PrimeConfig, explicit: dict | None = None, progress: Progress | N
     return meta
 
 
+def _prime_transformer(cfg: PrimeConfig, out: Path, work: Path, progress: Progress | None) -> dict:
+    """Trains (or resumes, or trains further) the latent transformer on the pack's codes and adds it to the pack."""
+    from edgeft.compress.pipeline import resolve_device
+
+    pack = load_pack(str(out))
+    total, folder = cfg.transformer_steps, work / "transformer"
+    f = pack.vqgan.cfg.downsampling
+    arch = TransformerConfig(pack.vqgan.cfg.codebook_size, (cfg.image_size // f) ** 2, cfg.transformer_layers,
+                             cfg.transformer_heads, cfg.transformer_width)
+    entry = pack.meta.get("transformer")
+    if entry and entry["architecture"] == arch.to_json() and entry["training"]["steps"] == total:
+        return pack.meta
+    device = resolve_device(cfg.device)
+    train, heldout = _codes(cfg, work, pack, device)
+    torch.manual_seed(cfg.seed)
+    model = LatentTransformer(arch).to(device)
+    opt = optimizer(model, cfg.transformer_lr)
+    state_file, step, seconds = folder / "state.pt", 0, 0.0
+    if state_file.exists():
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        if state["architecture"] != arch.to_json() or int(state["step"]) > total:
+            raise ConfigError(f"--transformer-*: {folder} holds a transformer of {state['architecture']} trained "
+                              f"{int(state['step'])} steps; ask for the same architecture and at least as many steps")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        _set_rng_state(state["rng"])
+        step, seconds = int(state["step"]), float(state["seconds"])
+    warmup = max(1, min(MAX_WARMUP, round(WARMUP_FRACTION * total)))
+    data = TensorDataset(train)
+    progress = progress or NullProgress()
+    progress.start("prime transformer", total)
+    progress.advance(step)
+    began = time.time() - seconds
+    while step < total:
+        for group in opt.param_groups:
+            group["lr"] = cfg.transformer_lr * min(1.0, (step + 1) / warmup)
+        model.train()
+        loss = model.loss(_batch(data, cfg.transformer_batch_size, cfg.seed, step).to(device).long())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        progress.advance(1, loss=loss.item())
+        if step % cfg.eval_every == 0 or step == total:
+            row = {"step": step, "loss": round(loss.item(), 4), "heldout_nll": _nll(model, heldout, device),
+                   "seconds": round(time.time() - began, 1)}
+            _metrics_row(folder / "metrics.jsonl", row)
+        if step % cfg.checkpoint_every == 0 or step == total:
+            state = {"step": step, "seconds": time.time() - began, "rng": _rng_state(), "architecture": arch.to_json(),
+                     "model": model.state_dict(), "opt": opt.state_dict()}
+            artifacts.atomic_write(state_file, lambda tmp: torch.save(state, tmp))
+    progress.finish()
+    info = {
+        "trained_on": {"codes": len(train), "what": "the pack VQGAN's codes of the upstream train images and their mirrors"},
+        "training": {"steps": total, "batch_size": cfg.transformer_batch_size, "lr": cfg.transformer_lr,
+                     "warmup_steps": warmup, "optimizer": "AdamW betas (0.9, 0.95), wd 0.01 on Linear weights",
+                     "seed": cfg.seed, "seconds": round(time.time() - began, 1), "device": str(device)},
+        "heldout": {"images": len(heldout), "nll": _nll(model, heldout, device),
+                    "uniform_nll": round(math.log(arch.vocab_size), 4)},
+    }
+    return add_transformer(out, model, info, half=pack.meta.get("dtype") == "float16")
+
+
+@torch.no_grad()
+def _codes(cfg: PrimeConfig, work: Path, pack, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Code grids [N, L] of the upstream train images + mirrors and of the held-out images (cached per pack)."""
+    from safetensors.torch import load_file, save_file
+
+    path = work / "transformer" / f"codes-{pack.digest[:16]}.safetensors"
+    if path.exists():
+        stored = load_file(str(path))
+        return stored["train"], stored["heldout"]
+    train, heldout, _ = _load_data(cfg, work)
+    train = train.with_transform(data_mod.build_transform(cfg.image_size, train=False))
+    vqgan = pack.vqgan.to(device)
+
+    def encode(dataset, mirror: bool) -> torch.Tensor:
+        images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+        views = [images, images.flip(-1)] if mirror else [images]
+        return torch.cat([vqgan.encode(x.to(device) * 2 - 1)[2].flatten(1).cpu()
+                          for view in views for x in view.split(256)]).to(torch.int16)
+
+    codes = {"train": encode(train, True), "heldout": encode(heldout, False)}
+    artifacts.atomic_write(path, lambda tmp: save_file(codes, tmp))
+    return codes["train"], codes["heldout"]
+
+
+@torch.no_grad()
+def _nll(model: LatentTransformer, codes: torch.Tensor, device: torch.device) -> float:
+    """Mean next-code negative log-likelihood (nats per code) over code grids."""
+    model.eval()
+    losses = [model.loss(chunk.to(device).long()).item() * len(chunk) for chunk in codes.split(256)]
+    return round(sum(losses) / len(codes), 4)
+
+
 def _prepare(cfg: PrimeConfig, explicit: dict, out: Path, work: Path) -> PrimeConfig:
     """Checks the flags and, for --resume, returns the saved config (explicit flags must agree)."""
-    if not cfg.data:
+    if not cfg.data and not cfg.resume:
         raise ConfigError("--data: give the upstream images (ImageFolder directory or .zip)")
     if not cfg.out:
         raise ConfigError("--out: give the pack directory to write")
     for flag, value in (("--image-size", cfg.image_size), ("--batch-size", cfg.batch_size), ("--steps", cfg.steps or 1),
                         ("--epochs", cfg.epochs or 1), ("--channels", cfg.channels),
                         ("--codebook-size", cfg.codebook_size), ("--eval-every", cfg.eval_every),
-                        ("checkpoint_every", cfg.checkpoint_every)):
+                        ("checkpoint_every", cfg.checkpoint_every),
+                        ("--transformer-layers", cfg.transformer_layers), ("--transformer-heads", cfg.transformer_heads),
+                        ("--transformer-batch-size", cfg.transformer_batch_size)):
         if value < 1:
             raise ConfigError(f"{flag} {value}: must be at least 1")
+    if cfg.transformer_steps < 0:
+        raise ConfigError(f"--transformer-steps {cfg.transformer_steps}: must be 0 (VQGAN only) or more")
+    if cfg.transformer_width % cfg.transformer_heads:
+        raise ConfigError(f"--transformer-width {cfg.transformer_width}: must be a multiple of --transformer-heads")
     if cfg.image_size % 4:
         raise ConfigError(f"--image-size {cfg.image_size}: must be a multiple of 4 (two 2× down-samplings)")
     saved_file = work / "config.yaml"
@@ -124,15 +245,24 @@ def _prepare(cfg: PrimeConfig, explicit: dict, out: Path, work: Path) -> PrimeCo
             raise ConfigError(f"--resume: {work} holds no prime run (no config.yaml); drop --resume")
         saved = build_config(PrimeConfig, str(saved_file))
         for key, value in explicit.items():
-            if key not in RESUME_FREE and _plain(value) != _plain(getattr(saved, key)):
+            if key not in RESUME_FREE | TRANSFORMER_OPTIONS and _plain(value) != _plain(getattr(saved, key)):
                 raise ConfigError(f"--resume: --{key.replace('_', '-')} {value} differs from the saved run "
                                   f"({getattr(saved, key)}); resume with the same options")
+        transformer = {k: getattr(cfg, k) for k in TRANSFORMER_OPTIONS & explicit.keys()}
+        if transformer:  # the transformer may be added to (or trained further in) a finished pack
+            saved = dataclasses.replace(saved, **transformer)
+            artifacts.write_yaml(saved_file, saved.to_dict())
         return dataclasses.replace(saved, resume=True, device=cfg.device)
     if (out / MANIFEST).exists() or saved_file.exists():
         raise ConfigError(f"--out {out}: already holds a pack or an unfinished prime run ({work}); "
                           "pass --resume to continue it or choose another --out")
     artifacts.write_yaml(saved_file, cfg.to_dict())
     return cfg
+
+
+def _metrics_row(path: Path, row: dict) -> None:
+    """Appends a metrics row, dropping rows of later steps (left by a run killed after a checkpoint)."""
+    artifacts.write_jsonl(path, [r for r in artifacts.read_jsonl(path) if r["step"] < row["step"]] + [row])
 
 
 def _plain(value):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from edgeft.compress.losses import hinton_kd
 from edgeft.compress.methods.base import METHODS, Method, Recipe, TransferContext
@@ -97,17 +98,27 @@ class FeatureDistillation(Method):
     needs_teacher = True
 
     def fit(self, ctx: TransferContext) -> nn.Module:
-        teacher = ctx.teacher()
-        student = ctx.student
-        projector = nn.Linear(student.num_features, teacher.num_features)
-        loader = ctx.loader(ctx.train_set(augment=True))
-
-        def loss(images: torch.Tensor, labels: torch.Tensor):
-            with torch.no_grad():
-                target = teacher.features(images)
-            return F.mse_loss(projector(student.features(images)), target), None
-
-        spec = ctx.spec(FEATURE_KD, steps_per_epoch=len(loader))
-        ctx.trainer.run_stage(Stage("distill-features", {"student": student, "projector": projector}, loss,
-                                    loader, spec, frozen_eval_modules=[teacher]))
+        distill_features(ctx, ctx.teacher(), ctx.train_set(augment=True))
         return finetune(ctx)  # the projector is dropped; the student is fine-tuned on the labels
+
+
+def distill_features(ctx: TransferContext, teacher: nn.Module, images: Dataset, stage: str = "distill-features",
+                     recipe: Recipe = FEATURE_KD, project: bool = True) -> None:
+    """L2 (MSE) from the student's pooled features to the frozen teacher's on `images` (labels unused).
+
+    A linear projector maps the student's features to the teacher's width — always when `project` (FitNets'
+    regressor), else only when the widths differ (OTA §4.2); it is trained with the student and dropped after.
+    """
+    student = ctx.student
+    width = student.num_features, teacher.num_features
+    projector = nn.Linear(*width) if project or width[0] != width[1] else nn.Identity()
+    loader = ctx.loader(images)
+
+    def loss(images: torch.Tensor, labels: torch.Tensor):
+        with torch.no_grad():
+            target = teacher.features(images)
+        return F.mse_loss(projector(student.features(images)), target), None
+
+    spec = ctx.spec(recipe, steps_per_epoch=len(loader))
+    ctx.trainer.run_stage(Stage(stage, {"student": student, "projector": projector}, loss, loader, spec,
+                                frozen_eval_modules=[teacher]))

@@ -128,4 +128,5 @@ def adapted_teacher(ctx: TransferContext) -> WithHead:
     adapted = WithHead(teacher, head).eval()
     ctx.notes["adapted_teacher"] = adapted
     ctx.notes["teacher_accuracy"] = acc
+    ctx.notes["teacher_evaluated_as"] = "linear probe"
     return adapted

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -118,6 +117,7 @@ class ImageRerepresentationFineTuning(Method):
         self._calibrate(ctx, model, _calib_set(ctx, rec, calib_mode), ctx.val, calib_spec, "irf-calibrate")
         accuracy = evaluate(model, ctx.val, ctx.device)
         ctx.notes["teacher_accuracy"] = accuracy
+        ctx.notes["teacher_evaluated_as"] = "IRF-adapted"
         if ctx.dist.is_main:
             artifacts.write_json(ctx.run.root / "irf.json", {
                 "adapted": ctx.student_spec.display_name,

@@ -8,6 +8,9 @@ computed once, offline, with the training augmentation, cached in the run direct
 passed through PTS. Nothing is learned between the two networks. Stage 2 fine-tunes the whole
 student (final activation back in place) on the few labelled images, like `stl`.
 
+The distillation images are `--unlabeled DIR` (a directory or .zip), `--unlabeled digg:PACK` (DIGG
+images generated from the few images, OTA §3.2: methods/digg.py), or by default the few images.
+
 Ablations: `--align linear` (a learned linear map on the student side, the paper's 1×1-conv
 baseline) or `channel-select` (the k highest-variance teacher channels); `--transform none` or
 `std-norm` (divide each target channel by its std).
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +94,8 @@ def std_ratio(x: torch.Tensor) -> float:
     return round((std.max() / std.min().clamp_min(1e-12)).item(), 2)
 
 
-def unlabeled_images(path: str, image_size: int) -> ImageDataset:
-    """Every image file under a directory or .zip (labels unused, all 0)."""
+def unlabeled_images(path: str, image_size: int, count: int | None = None, seed: int = 0) -> ImageDataset:
+    """Every image file under a directory or .zip (labels unused, all 0), or `count` of them drawn with `seed`."""
     where = Path(path)
     if not where.exists():
         raise DataError(f"--unlabeled {path}: no such file or directory")
@@ -102,7 +106,21 @@ def unlabeled_images(path: str, image_size: int) -> ImageDataset:
              and not any(part.startswith(".") or part == "__MACOSX" for part in f.split("/"))]
     if len(files) < 2:
         raise DataError(f"--unlabeled {path}: found {len(files)} image(s); KDEP needs a set of images to distil on")
+    if count is not None:
+        files = sorted(random.Random(seed).sample(files, min(count, len(files))))
     return ImageDataset(store, [Sample(f, 0) for f in files], image_size, what="unlabeled images")
+
+
+def _distillation_images(ctx: TransferContext) -> ImageDataset:
+    """`--unlabeled`: a directory or .zip, `digg:PACK` (DIGG images of the few, OTA §3.2), or none (the few images)."""
+    unlabeled = ctx.config.unlabeled
+    if not unlabeled:
+        return ctx.images
+    if unlabeled.startswith("digg:"):
+        from edgeft.compress.methods.digg import digg_images  # imported here: digg.py imports this module
+
+        return digg_images(ctx, unlabeled.removeprefix("digg:"))
+    return unlabeled_images(unlabeled, ctx.image_size)
 
 
 @METHODS.register("kdep")
@@ -115,7 +133,7 @@ class DistillationAsPretraining(Method):
         align = check_choice(cfg.align, ALIGNS, "--align")
         transform = check_choice(cfg.transform, TRANSFORMS, "--transform")
         fused.check_mode(cfg.kernels)
-        images = unlabeled_images(cfg.unlabeled, ctx.image_size) if cfg.unlabeled else ctx.images
+        images = _distillation_images(ctx)
         teacher_taps = [PreActivation(t, ctx.image_size) for t in ctx.teachers()]
         student_tap = PreActivation(ctx.student, ctx.image_size)
         try:

@@ -1,0 +1,55 @@
+"""OTA, One to Transfer All (§3.3): IRF → DIGG distillation → fine-tuning, and the reversed DIGG-IRF (§4.4.2).
+
+`ota`: IRF adapts the teacher (the first `--teacher` gets a task head on VQGAN re-represented images
+with its backbone frozen, then every layer is calibrated on the originals: methods/irf.py); the
+adapted teacher's pooled features are distilled into the student on the `--kd-data` images (DIGG by
+default: methods/digg.py); the student is fine-tuned on the few labelled images. The run's
+teacher accuracy is the IRF-adapted teacher's.
+
+`digg-irf` is the low-resource order of §3.3 and Table 9, for users who cannot fine-tune the large
+model: the **un-adapted** teacher's backbone features are distilled into the student on DIGG images
+first, then IRF transfers the small distilled student — its new head on the re-represented images
+with its backbone frozen (delivering), then all of its layers on the originals (calibration). The
+teacher is never trained, and IRF's calibration is the final fine-tuning (the same recipe as ota's).
+Both need a pack with a latent transformer (`--kd-data digg`), whose VQGAN also serves IRF.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from edgeft.compress.methods.base import METHODS, Method, TransferContext
+from edgeft.compress.methods.baselines import finetune
+from edgeft.compress.methods.digg import digg_distill
+from edgeft.compress.methods.irf import CALIBRATE, ImageRerepresentationFineTuning
+
+
+@METHODS.register("ota", aliases=("irf-digg",))
+class OneToTransferAll(Method):
+    summary = "OTA: IRF-adapt the teacher, distil it on DIGG images (--pack with transformer), fine-tune the student"
+    needs_teacher = True
+
+    def fit(self, ctx: TransferContext) -> nn.Module:
+        student, spec = ctx.student, ctx.student_spec
+        try:  # IRF adapts the first teacher in place of ctx.student (it is its own run's model)
+            teacher = ImageRerepresentationFineTuning().fit(ctx)
+        finally:
+            ctx.student, ctx.student_spec = student, spec
+        digg_distill(ctx, teacher.eval().requires_grad_(False))
+        return finetune(ctx, recipe=CALIBRATE)
+
+
+@METHODS.register("digg-irf")
+class DiggThenIrf(Method):
+    summary = "DIGG-IRF (low-resource OTA): distil the un-adapted teacher on DIGG images, then IRF on the student"
+    needs_teacher = True
+
+    def fit(self, ctx: TransferContext) -> nn.Module:
+        digg_distill(ctx, ctx.teacher())
+        specs, ctx.teacher_specs = ctx.teacher_specs, []
+        try:  # without teacher specs IRF adapts ctx.student, the distilled student
+            student = ImageRerepresentationFineTuning().fit(ctx)
+        finally:
+            ctx.teacher_specs = specs
+        for key in ("teacher_accuracy", "teacher_evaluated_as"):  # IRF noted the student's figures as the teacher's
+            ctx.notes.pop(key, None)
+        return student
