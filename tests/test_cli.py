@@ -107,5 +107,7 @@ def test_offline_bit_teacher_exits_2_fast_naming_the_flag(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "--teacher-weights" in lines[0]
-    assert elapsed < 30  # includes interpreter + torch import; the CLI itself answers in seconds
+    # no hub retries: the CLI answers in seconds; the bound is loose because interpreter + torch import
+    # alone take up to a minute on a loaded 2-core machine
+    assert elapsed < 120
     assert not (tmp_path / "x" / "summary.json").exists()

@@ -25,8 +25,11 @@ from _common import (  # noqa: E402
 from edgeft import artifacts  # noqa: E402
 
 PACK = CACHE / "irf" / "pack"
-PRIME_OPTIONS = {"image_size": 32, "steps": 6000, "batch_size": 64, "lr": 6e-4, "channels": 32, "codebook_size": 512,
+# The PatchGAN is off (disc_start = steps): a trial that switched it on at step 4000 cost about 2 dB of
+# held-out PSNR within 250 steps (<work>/gan-trial-metrics.jsonl, shown in results/irf.md).
+PRIME_OPTIONS = {"image_size": 32, "steps": 4000, "batch_size": 64, "lr": 6e-4, "channels": 32, "codebook_size": 512,
                  "disc_start": 4000, "holdout": 500, "seed": 0, "eval_every": 250, "checkpoint_every": 50}
+GAN_TRIAL = "gan-trial-metrics.jsonl"
 TEACHER_ARCH, TEACHER_EPOCHS = "resnetv2_50x1_bit", 6
 UPSTREAM_SAMPLE, SEED = 2500, 0
 TARGET_PSNR = 23.0
@@ -93,12 +96,14 @@ def markdown(result: dict) -> str:
     meta, fd, prov = result["pack"], result["frechet"]["fd"], result["provenance"]
     held, train = meta["heldout"], meta["training"]
     curve = " → ".join(f"{r['psnr_db']:.1f} dB @ {r['step']}" for r in result["psnr_curve"])
+    margin, floor = fd["downstream original"] - fd["downstream re-represented"], fd["upstream (other half)"]
     verdict = ("holds: the re-represented downstream images are closer to the upstream data than the originals"
-               if result["frechet"]["holds"] else "does NOT hold here: see the note below")
+               if result["frechet"]["holds"] else "does NOT hold here")
+    verdict += f" (margin {margin:.2f}; for scale, two disjoint upstream samples are {floor:.2f} apart)"
     lines = [
         "# IRF priming (VQGAN pack) and OTA Fig. 4's Fréchet-distance check",
         "",
-        "Measured on a **shared 2-core CPU** (other jobs ran at the same time, this one at nice 10): times are "
+        "Measured on a **shared 2-core CPU** (other jobs ran at the same time): times are "
         "wall-clock and only indicative.",
         "",
         "## Pack (`edgeft prime` on the upstream classes, 25,000 train images, 32 px)",
@@ -111,6 +116,7 @@ def markdown(result: dict) -> str:
         "",
         f"Held-out PSNR during training: {curve}.",
         "",
+        *_gan_trial(result.get("gan_trial", [])),
         f"![held-out upstream originals (top) and reconstructions (bottom)]({result['grid']})",
         "",
         "Deviations: " + "; ".join(meta["deviations"]) + ".",
@@ -135,6 +141,18 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _gan_trial(rows: list[dict]) -> list[str]:
+    """The PatchGAN trial's rows (a run of the same prime that switched the GAN on), when one was kept."""
+    gan = [r for r in rows if "g_weight" in r]
+    if not gan:
+        return []
+    before = max((r for r in rows if "g_weight" not in r), key=lambda r: r["step"])
+    trial = ", ".join(f"{r['psnr_db']:.2f} dB @ {r['step']}" for r in gan)
+    return [f"PatchGAN trial: the same run with the hinge PatchGAN (adaptive weight, λ = 0.8) switched on at step "
+            f"{before['step']} went from {before['psnr_db']:.2f} dB to {trial}, "
+            "so the benchmark pack stops before it (L1 + codebook only; recorded in the pack's deviations).", ""]
+
+
 def main() -> None:
     require_cifar()
     pack = upstream_pack()
@@ -147,6 +165,7 @@ def main() -> None:
         "pack_bytes": sum(p.stat().st_size for p in pack.iterdir()),
         "psnr_curve": [{"step": r["step"], "psnr_db": r["psnr_db"]} for r in artifacts.read_jsonl(work / "metrics.jsonl")],
         "grid": grid.name,
+        "gan_trial": artifacts.read_jsonl(work / GAN_TRIAL) if (work / GAN_TRIAL).exists() else [],
         "frechet": frechet_check(pack),
         "provenance": provenance(SEED),
     }

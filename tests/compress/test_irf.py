@@ -46,6 +46,15 @@ def test_prime_writes_a_portable_pack_without_image_data(tiny_pack):
     assert loaded.vqgan.cfg.channels == 8 and not any(p.requires_grad for p in loaded.vqgan.parameters())
 
 
+def test_a_pack_primed_without_the_gan_phase_says_so(tmp_path, tiny_pack):
+    assert "PatchGAN from step 2" in (tiny_pack / "card.md").read_text()  # the GAN ran in steps 2-3
+    assert not any("PatchGAN phase" in d for d in json.loads((tiny_pack / "pack.json").read_text())["deviations"])
+    options = {**TINY_PRIME, "disc_start": TINY_PRIME["steps"]}
+    meta = prime(PrimeConfig(data=str(tiny_pack.parent / "upstream"), out=str(tmp_path / "pack"), **options))
+    assert any("no PatchGAN phase" in d for d in meta["deviations"])
+    assert "no PatchGAN phase" in (tmp_path / "pack" / "card.md").read_text()
+
+
 class _StopAfter:
     """A progress sink that kills the run after `steps` optimiser steps."""
 

@@ -165,7 +165,7 @@ def card_markdown(meta: dict) -> str:
         f"- trained on: {meta.get('trained_on', {}).get('images')} images of classes "
         f"{', '.join(meta.get('trained_on', {}).get('classes', [])) or 'all'}",
         f"- training: {train.get('steps')} steps of batch {train.get('batch_size')}, Adam lr {train.get('lr')} "
-        f"betas (0.5, 0.9), PatchGAN from step {train.get('disc_start')}, {train.get('seconds')} s",
+        f"betas (0.5, 0.9), {_gan_phase(train)}, {train.get('seconds')} s",
         f"- held-out reconstruction PSNR: {held.get('psnr_db')} dB on {held.get('images')} upstream images "
         "that were never trained on (they are not stored here)",
         f"- codebook entries in use on the held-out images: {held.get('codes_used')} of {arch['codebook_size']}",
@@ -188,3 +188,10 @@ def _transformer_lines(entry: dict | None) -> list[str]:
             f"{arch['width']} over {arch['block_size']} codes; {train.get('steps')} steps of batch "
             f"{train.get('batch_size')}, AdamW lr {train.get('lr')}; held-out NLL {entry.get('heldout', {}).get('nll')} "
             "nats per code; `edgeft generate --pack THIS_DIR` samples from it"]
+
+
+def _gan_phase(training: dict) -> str:
+    start, steps = training.get("disc_start"), training.get("steps")
+    if start is not None and steps is not None and start >= steps:
+        return "no PatchGAN phase"
+    return f"PatchGAN from step {start}"

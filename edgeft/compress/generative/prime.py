@@ -46,7 +46,7 @@ DEFAULT_EPOCHS = 20
 DISC_WEIGHT = 0.8  # taming's discriminator_weight: scales the adaptive GAN weight
 DEVIATIONS = [
     "no perceptual (LPIPS) loss: its VGG weights cannot be loaded offline (λ_p = 0); reconstructions are "
-    "L1 + codebook + PatchGAN only",
+    "L1 + codebook (+ the PatchGAN when it runs) only",
     "architecture scaled for small images (taming's is for 256 px): see `architecture`",
 ]
 RESUME_FREE = {"resume", "device", "checkpoint_every", "eval_every"}
@@ -117,7 +117,8 @@ def _prime_vqgan(cfg: PrimeConfig, out: Path, work: Path, progress: Progress | N
     meta = write_pack(out, vqgan, {
         "image_size": cfg.image_size,
         "trained_on": {"data": Path(cfg.data).name, "classes": classes, "images": len(train)},
-        "training": training, "heldout": held, "deviations": DEVIATIONS, "made_by": "edgeft prime",
+        "training": training, "heldout": held, "deviations": DEVIATIONS + _gan_deviation(disc_start, total),
+        "made_by": "edgeft prime",
     }, half=cfg.half)
     artifacts.write_json(work / "done.json", {"pack": str(out), "grid": str(grid), **held})
     return meta
@@ -217,6 +218,13 @@ def _nll(model: LatentTransformer, codes: torch.Tensor, device: torch.device) ->
     model.eval()
     losses = [model.loss(chunk.to(device).long()).item() * len(chunk) for chunk in codes.split(256)]
     return round(sum(losses) / len(codes), 4)
+
+
+def _gan_deviation(disc_start: int, total: int) -> list[str]:
+    """The PatchGAN is off when it would start at or after the last step (`--disc-start` >= `--steps`)."""
+    if disc_start < total:
+        return []
+    return [f"no PatchGAN phase (--disc-start {disc_start} >= {total} steps): L1 + codebook loss only"]
 
 
 def _prepare(cfg: PrimeConfig, explicit: dict, out: Path, work: Path) -> PrimeConfig:
