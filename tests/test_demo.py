@@ -18,6 +18,18 @@ def test_demo_files_fit_their_budgets():
     assert card["upstream_accuracy"] > 0.5  # pretrained for real, not random weights
 
 
+def test_demo_pack_is_small_loads_offline_and_holds_no_images():
+    from edgeft.compress.generative.pack import DEMO_PACK, load_pack
+
+    files = {p.name: p.stat().st_size for p in DEMO_PACK.iterdir()}
+    assert sum(files.values()) <= 10 * 2**20
+    assert set(files) <= {"vqgan.safetensors", "transformer.safetensors", "pack.json", "card.md"}
+    pack = load_pack("demo")  # checks the weights against the sha256 in pack.json
+    assert pack.meta["dtype"] == "float16" and pack.meta["heldout"]["psnr_db"] >= 23.0
+    upstream = json.loads((DEMO / "teacher.json").read_text())["upstream_classes"]
+    assert set(pack.meta["trained_on"]["classes"]) == set(upstream)  # the demo teacher's upstream data
+
+
 def test_demo_data_is_a_few_shot_downstream_split():
     splits = data.open_image_folder("demo")
     assert splits.classes == ["bird", "cat", "deer", "dog", "frog"]
