@@ -113,13 +113,9 @@ def _load_transformer(path: Path, meta: dict, pack: str) -> LatentTransformer | 
 
 def write_pack(out: Path, vqgan: VQGAN, meta: dict, half: bool = False) -> dict:
     """Writes weights, pack.json (with their sha256) and card.md into `out`; returns the manifest."""
-    from safetensors.torch import save_file
-
-    dtype = torch.float16 if half else torch.float32
-    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in vqgan.state_dict().items()}
-    artifacts.atomic_write(out / WEIGHTS, lambda tmp: save_file(state, tmp))
-    meta = {"format": PACK_FORMAT, "architecture": vqgan.cfg.to_json(), "dtype": str(dtype).removeprefix("torch."),
-            **meta, "sha256": sha256(out / WEIGHTS)}
+    dtype = _save_weights(out / WEIGHTS, vqgan, half)
+    meta = {"format": PACK_FORMAT, "architecture": vqgan.cfg.to_json(), "dtype": dtype, **meta,
+            "sha256": sha256(out / WEIGHTS)}
     artifacts.write_json(out / MANIFEST, meta)
     artifacts.write_text(out / CARD, card_markdown(meta))
     return meta
@@ -127,17 +123,23 @@ def write_pack(out: Path, vqgan: VQGAN, meta: dict, half: bool = False) -> dict:
 
 def add_transformer(out: Path, model: LatentTransformer, info: dict, half: bool = False) -> dict:
     """Writes `transformer.safetensors` into the pack `out` and records it in pack.json and card.md."""
-    from safetensors.torch import save_file
-
-    dtype = torch.float16 if half else torch.float32
-    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    artifacts.atomic_write(out / TRANSFORMER_WEIGHTS, lambda tmp: save_file(state, tmp))
+    dtype = _save_weights(out / TRANSFORMER_WEIGHTS, model, half)
     meta = artifacts.read_json(out / MANIFEST)
-    meta["transformer"] = {"architecture": model.cfg.to_json(), "dtype": str(dtype).removeprefix("torch."), **info,
+    meta["transformer"] = {"architecture": model.cfg.to_json(), "dtype": dtype, **info,
                            "sha256": sha256(out / TRANSFORMER_WEIGHTS)}
     artifacts.write_json(out / MANIFEST, meta)
     artifacts.write_text(out / CARD, card_markdown(meta))
     return meta
+
+
+def _save_weights(path: Path, module: torch.nn.Module, half: bool) -> str:
+    """Writes `module`'s state dict as safetensors (fp16 when `half`) atomically; returns the dtype's name."""
+    from safetensors.torch import save_file
+
+    dtype = torch.float16 if half else torch.float32
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in module.state_dict().items()}
+    artifacts.atomic_write(path, lambda tmp: save_file(state, tmp))
+    return str(dtype).removeprefix("torch.")
 
 
 def sha256(path: Path) -> str:
