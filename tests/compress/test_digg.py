@@ -122,6 +122,10 @@ def test_a_pack_without_transformer_says_how_to_add_one(tmp_path, tiny_pack, tin
     assert f"edgeft prime --out {tiny_pack} --resume --transformer-steps" in line
     one_line_error(tiny_args(tiny_data, tmp_path / "run", "--method", "digg", "--pack", tiny_pack), "--transformer-steps")
     one_line_error(tiny_args(tiny_data, tmp_path / "run2", "--method", "digg"), "--pack: DIGG needs a pack")
+    one_line_error(tiny_args(tiny_data, tmp_path / "run3", "--method", "kdep", "--unlabeled", f"digg:{tiny_pack}"),
+                   f"--unlabeled digg:{tiny_pack}: has no latent transformer")
+    one_line_error(tiny_args(tiny_data, tmp_path / "run4", "--method", "kdep", "--unlabeled", "digg:missing"),
+                   "--unlabeled digg:missing: no such directory")
 
 
 def stages(out: Path) -> set[str]:

@@ -46,10 +46,10 @@ class Pack:
         """sha256 of the weights (identifies the pack in caches)."""
         return self.meta["sha256"]
 
-    def require_transformer(self, flag: str = "--pack") -> LatentTransformer:
-        """The latent transformer, or a one-line error that says how to add it to this pack."""
+    def require_transformer(self, label: str | None = None) -> LatentTransformer:
+        """The latent transformer, or a one-line error (naming `label`, default `--pack PATH`) on how to add it."""
         if self.transformer is None:
-            raise EdgeftError(f"{flag} {self.path}: has no latent transformer (DIGG needs one); add it with "
+            raise EdgeftError(f"{label or f'--pack {self.path}'}: has no latent transformer (DIGG needs one); add it with "
                               f"`edgeft prime --out {self.path} --resume --transformer-steps 3000`")
         return self.transformer
 
@@ -59,40 +59,41 @@ def resolve_pack(pack: str) -> Path:
     return DEMO_PACK if pack == "demo" else Path(pack)
 
 
-def load_pack(pack: str | None, device: torch.device | str = "cpu") -> Pack:
-    """Loads and checks a pack; every problem is a one-line error naming --pack."""
+def load_pack(pack: str | None, device: torch.device | str = "cpu", label: str | None = None) -> Pack:
+    """Loads and checks a pack; every problem is a one-line error naming `label` (default `--pack PACK`)."""
     from safetensors.torch import load_file
 
     if not pack:
-        raise EdgeftError("--pack: irf needs a VQGAN pack; make one with `edgeft prime --data UPSTREAM --out PACK` or pass --pack demo")
+        raise EdgeftError(f"{label or '--pack'}: irf needs a VQGAN pack; make one with `edgeft prime --data UPSTREAM --out PACK` or pass --pack demo")
+    label = label or f"--pack {pack}"
     path = resolve_pack(pack)
     if not path.is_dir():
-        raise EdgeftError(f"--pack {pack}: no such directory; make a pack with `edgeft prime` or pass --pack demo")
+        raise EdgeftError(f"{label}: no such directory; make a pack with `edgeft prime` or pass --pack demo")
     if not (path / MANIFEST).exists() or not (path / WEIGHTS).exists():
-        raise EdgeftError(f"--pack {pack}: not an edgeft pack (needs {MANIFEST} and {WEIGHTS}); make one with `edgeft prime`")
+        raise EdgeftError(f"{label}: not an edgeft pack (needs {MANIFEST} and {WEIGHTS}); make one with `edgeft prime`")
     try:
         meta = artifacts.read_json(path / MANIFEST)
     except EdgeftError as exc:
-        raise EdgeftError(f"--pack {pack}: {exc}") from None
+        raise EdgeftError(f"{label}: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != PACK_FORMAT:
-        raise EdgeftError(f"--pack {pack}: {MANIFEST} is not a {PACK_FORMAT} manifest")
+        raise EdgeftError(f"{label}: {MANIFEST} is not a {PACK_FORMAT} manifest")
     digest = sha256(path / WEIGHTS)
     if meta.get("sha256") != digest:
-        raise EdgeftError(f"--pack {pack}: {WEIGHTS} does not match the sha256 in {MANIFEST} (corrupt or replaced)")
+        raise EdgeftError(f"{label}: {WEIGHTS} does not match the sha256 in {MANIFEST} (corrupt or replaced)")
     try:
         vqgan = VQGAN(VQGANConfig.from_json(meta["architecture"]))
         state = load_file(str(path / WEIGHTS))
         vqgan.load_state_dict({k: v.float() for k, v in state.items()})
     except Exception as exc:  # noqa: BLE001 - any mismatch is the same user error
-        raise EdgeftError(f"--pack {pack}: weights do not fit the recorded architecture ({type(exc).__name__}: "
+        raise EdgeftError(f"{label}: weights do not fit the recorded architecture ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:120]})") from None
-    transformer = _load_transformer(path, meta, pack)
+    transformer = _load_transformer(path, meta, label)
     if transformer is not None:
         transformer = transformer.to(device).eval().requires_grad_(False)
     return Pack(path, vqgan.to(device).eval().requires_grad_(False), meta, transformer)
 
 
-def _load_transformer(path: Path, meta: dict, pack: str) -> LatentTransformer | None:
+def _load_transformer(path: Path, meta: dict, label: str) -> LatentTransformer | None:
     """The pack's optional latent transformer, checked against its sha256 and architecture."""
     from safetensors.torch import load_file
 
@@ -101,12 +102,12 @@ def _load_transformer(path: Path, meta: dict, pack: str) -> LatentTransformer | 
         return None
     file = path / TRANSFORMER_WEIGHTS
     if not file.exists() or entry.get("sha256") != sha256(file):
-        raise EdgeftError(f"--pack {pack}: {TRANSFORMER_WEIGHTS} is missing or does not match the sha256 in {MANIFEST}")
+        raise EdgeftError(f"{label}: {TRANSFORMER_WEIGHTS} is missing or does not match the sha256 in {MANIFEST}")
     try:
         model = LatentTransformer(TransformerConfig.from_json(entry["architecture"]))
         model.load_state_dict({k: v.float() for k, v in load_file(str(file)).items()})
     except Exception as exc:  # noqa: BLE001 - any mismatch is the same user error
-        raise EdgeftError(f"--pack {pack}: {TRANSFORMER_WEIGHTS} does not fit its recorded architecture "
+        raise EdgeftError(f"{label}: {TRANSFORMER_WEIGHTS} does not fit its recorded architecture "
                           f"({type(exc).__name__})") from None
     return model
 

@@ -42,14 +42,17 @@ DIGG_KD = Recipe(epochs=10, lr=0.05, optimizer="sgd", schedule="cosine", weight_
 GENERATED_PER_IMAGE = 10
 
 
-def digg_images(ctx: TransferContext, pack_arg: str | None) -> ImageDataset:
-    """The run's DIGG images of its few training images (generated once into the run's cache; no transform)."""
+def digg_images(ctx: TransferContext, pack_arg: str | None, flag: str = "--pack ") -> ImageDataset:
+    """The run's DIGG images of its few training images (generated once into the run's cache; no transform).
+
+    `flag` is how the user gave the pack (`--pack ` or `--unlabeled digg:`), for the error messages.
+    """
     cfg = ctx.config
     if not pack_arg:
-        raise ConfigError("--pack: DIGG needs a pack with a latent transformer; make one with `edgeft prime --data "
-                          "UPSTREAM --out PACK --transformer-steps 3000` or pass --pack demo")
-    pack = load_pack(pack_arg, ctx.device)
-    pack.require_transformer()
+        raise ConfigError(f"{flag.strip()}: DIGG needs a pack with a latent transformer; make one with `edgeft prime "
+                          "--data UPSTREAM --out PACK --transformer-steps 3000` or pass demo")
+    pack = load_pack(pack_arg, ctx.device, label=f"{flag}{pack_arg}")
+    pack.require_transformer(f"{flag}{pack_arg}")
     spec = DiggSpec(cfg.n_generated or GENERATED_PER_IMAGE * len(ctx.images), cfg.seed, cfg.mask_shapes,
                     cfg.mask_ratio, cfg.temperature, cfg.top_k).check()
     key = cache_key(pack.digest, pack.meta["transformer"]["sha256"], json.dumps(asdict(spec)), *ctx.images.paths)

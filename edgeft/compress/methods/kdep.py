@@ -119,7 +119,7 @@ def _distillation_images(ctx: TransferContext) -> ImageDataset:
     if unlabeled.startswith("digg:"):
         from edgeft.compress.methods.digg import digg_images  # imported here: digg.py imports this module
 
-        return digg_images(ctx, unlabeled.removeprefix("digg:"))
+        return digg_images(ctx, unlabeled.removeprefix("digg:"), flag="--unlabeled digg:")
     return unlabeled_images(unlabeled, ctx.image_size)
 
 
