@@ -92,6 +92,9 @@ ROWS: list[Row] = [
         note="OTA: IRF-adapted BiT distilled on the 25,000 DIGG images, then fine-tune"),
     Row("digg-irf", "digg-irf", init="scratch", uses_teacher=True, steps=KD_STEPS, options={"pack": str(PACK)},
         note="OTA Table 9 reversed order: un-adapted BiT distilled on DIGG images, then IRF on the student"),
+    Row("digg-irf adapted teacher", "digg-irf", init="scratch", uses_teacher=True, steps=KD_STEPS,
+        options={"pack": str(PACK), "teacher_from": "IRF_RUN"},
+        note="digg-irf distilling the `irf` row's IRF-adapted BiT (same seed) instead of the un-adapted one"),
     Row("kd raw", "digg", init="scratch", uses_teacher=True, steps=KD_STEPS, options={"kd_data": "raw"},
         note="Table 5 (b): feature KD on the 2,500 raw few images, then fine-tune"),
     Row("kd upstream", "digg", init="scratch", uses_teacher=True, steps=KD_STEPS,
@@ -116,6 +119,10 @@ def run_row(row: Row, seed: int, quick: bool) -> dict:
     options = _options_for_seed(row, seed, quick)
     if options.get("unlabeled") == "UPSTREAM":
         options["unlabeled"] = str(upstream_dir())
+    if options.get("teacher_from") == "IRF_RUN":
+        options["teacher_from"] = str(_run_dir(next(r for r in ROWS if r.name == "irf"), seed, quick))
+        if not artifacts.RunDir(options["teacher_from"]).summary.exists():
+            raise SystemExit(f"{row.name}: run the irf row for seed {seed} first (its adapted teacher is distilled)")
     if not run.summary.exists():
         if row.method in DIGG_METHODS:
             _share_generated(out, seed)
