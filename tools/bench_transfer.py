@@ -215,7 +215,8 @@ def markdown(results: dict, rows: list[Row]) -> str:
         init = "BiT (upstream)" if row.model == "teacher" else row.init
         lines.append(f"| {row.name} | {row.method} | {init} | {100 * mean:.2f} ± {100 * std:.2f} | {rel} | "
                      f"{len(accs)} | {secs:.0f} | {row.note} |")
-    lines += ["", f"Command: `{prov['command']}`; seeds {prov['seed']}; hardware {prov['hardware']}; "
+    lines += ["", "Each (row, seed) is stored as it finishes; the provenance is the last invocation's: "
+              f"command `{prov['command']}`; seeds {prov['seed']}; hardware {prov['hardware']}; "
               f"versions {prov['versions']}; commit {prov['commit']}.", ""]
     return "\n".join(lines)
 
