@@ -125,7 +125,7 @@ def run_row(row: Row, seed: int, quick: bool) -> dict:
             raise SystemExit(f"{row.name}: run the irf row for seed {seed} first (its adapted teacher is distilled)")
     if not run.summary.exists():
         if row.method in DIGG_METHODS:
-            _share_generated(out, seed)
+            _share_generated(out, seed, quick)
         cfg = CompressConfig(
             teacher=(TEACHER_ARCH,) if row.uses_teacher else (),
             teacher_weights=(str(weights["teacher"]),) if row.uses_teacher else (),
@@ -144,19 +144,33 @@ def run_row(row: Row, seed: int, quick: bool) -> dict:
         "train_images": summary["data"]["train_images"],
         "val_images": summary["data"]["val_images"],
         **({"beta": options["beta"]} if "beta" in options else {}),
+        **_stage_figures(run),
     }
 
 
-def _share_generated(out: Path, seed: int) -> None:
+def _stage_figures(run: artifacts.RunDir) -> dict:
+    """DIGG/IRF figures of the run: its own generation speed, and the accuracy after IRF's delivering."""
+    figures = {}
+    digg, irf = run.root / "digg.json", run.root / "irf.json"
+    generation = (artifacts.read_json(digg).get("generation") or {}) if digg.exists() else {}
+    if Path(generation.get("out", "/")).resolve().is_relative_to(run.root.resolve()):  # not linked from another row
+        figures["generation_images_per_s"] = generation["images_per_s"]
+    delivered = artifacts.read_json(irf).get("accuracy_after_delivering") if irf.exists() else None
+    if delivered is not None:
+        figures["accuracy_after_delivering"] = delivered
+    return figures
+
+
+def _share_generated(out: Path, seed: int, quick: bool) -> None:
     """Hard-links the DIGG images another DIGG row of this seed generated into `out`'s run cache.
 
     digg, ota and digg-irf generate the same images for a seed (same pack, spec and few images: the
     cache key in methods/digg.py), so only the first of them pays for the generation.
     """
-    for row in ROWS:
-        for done in (_run_dir(row, seed, False) / "cache").glob("digg-*/done.json"):
+    for row in (r for r in ROWS if r.method in DIGG_METHODS):
+        for done in (_run_dir(row, seed, quick) / "cache").glob("digg-*/done.json"):
             target = out / "cache" / done.parent.name
-            if row.method in DIGG_METHODS and not target.exists():
+            if not target.exists():
                 shutil.copytree(done.parent, target, copy_function=os.link)
 
 

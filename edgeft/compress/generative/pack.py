@@ -193,8 +193,11 @@ def _transformer_lines(entry: dict | None) -> list[str]:
             "nats per code; `edgeft generate --pack THIS_DIR` samples from it"]
 
 
+def gan_phase_ran(disc_start: int | None, steps: int | None) -> bool:
+    """Whether the PatchGAN ran: it is off when it would start at or after the last step."""
+    return disc_start is None or steps is None or disc_start < steps
+
+
 def _gan_phase(training: dict) -> str:
-    start, steps = training.get("disc_start"), training.get("steps")
-    if start is not None and steps is not None and start >= steps:
-        return "no PatchGAN phase"
-    return f"PatchGAN from step {start}"
+    start = training.get("disc_start")
+    return f"PatchGAN from step {start}" if gan_phase_ran(start, training.get("steps")) else "no PatchGAN phase"

@@ -30,7 +30,7 @@ from torchvision.transforms import v2
 
 from edgeft import artifacts
 from edgeft.compress import data as data_mod
-from edgeft.compress.generative.pack import MANIFEST, add_transformer, load_pack, write_pack
+from edgeft.compress.generative.pack import MANIFEST, add_transformer, gan_phase_ran, load_pack, write_pack
 from edgeft.compress.generative.transformer import LatentTransformer, TransformerConfig, optimizer
 from edgeft.compress.generative.vqgan import (VQGAN, PatchDiscriminator, VQGANConfig, adaptive_weight, hinge_d_loss,
                                               psnr)
@@ -221,8 +221,8 @@ def _nll(model: LatentTransformer, codes: torch.Tensor, device: torch.device) ->
 
 
 def _gan_deviation(disc_start: int, total: int) -> list[str]:
-    """The PatchGAN is off when it would start at or after the last step (`--disc-start` >= `--steps`)."""
-    if disc_start < total:
+    """The deviation to record when the PatchGAN did not run (`--disc-start` >= `--steps`)."""
+    if gan_phase_ran(disc_start, total):
         return []
     return [f"no PatchGAN phase (--disc-start {disc_start} >= {total} steps): L1 + codebook loss only"]
 
