@@ -36,7 +36,8 @@ class CompressConfig:
     weight_decay: float | None = None
     optimizer: str | None = None
     schedule: str | None = None
-    image_size: int | None = None
+    image_size: int | None = None  # the student's; default: the demo's 32 px, else the teacher's input size
+    teacher_image_size: int | None = None  # default: the teacher's pretrained input size
     device: str = "auto"
     workers: int = 0
     out: str | None = None

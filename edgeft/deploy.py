@@ -48,14 +48,17 @@ def profile_and_report(run_dir: str | Path, target: str, cfg: ProfileConfig = Pr
 def preflight_student(cfg: CompressConfig) -> Preflight:
     """Exports the untrained student of `cfg` to its formats before training (edgeft.export.preflight).
 
-    The student and image size are resolved as `edgeft compress` resolves them (--image-size,
-    else the first teacher's input size); returns the Preflight, whose opset the export uses.
+    The student and image size are resolved as `edgeft compress` resolves them
+    (`student_image_size`); returns the Preflight, whose opset the export uses.
     """
+    from edgeft.compress.data import open_image_folder
     from edgeft.compress.models import resolve
+    from edgeft.compress.pipeline import student_image_size
     from edgeft.export import BatchShape, run_preflight
 
     size = cfg.image_size
     if size is None:
-        size = resolve(cfg.teacher[0], None, role="teacher").input_size if cfg.teacher else 224
+        teachers = [resolve(cfg.teacher[0], None, role="teacher")] if cfg.teacher else []
+        size = student_image_size(cfg, teachers, open_image_folder(cfg.data, cfg.val_fraction, cfg.classes))
     arch = resolve(cfg.student, None, role="student").arch
     return run_preflight(arch, cfg.formats, (3, size, size), BatchShape.parse(profile=cfg.batch_profile))

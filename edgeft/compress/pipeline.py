@@ -87,7 +87,7 @@ def run_compress(
     if dist.is_main:
         artifacts.write_yaml(run.config, cfg.to_dict())
         artifacts.write_json(run.data_split, splits.describe())
-    image_size = cfg.image_size or (teacher_specs[0].input_size if teacher_specs else 224)
+    image_size = student_image_size(cfg, teacher_specs, splits)
     images = data_mod.ImageDataset(splits.store, splits.train, image_size, what="training images")
     val = data_mod.ImageDataset(
         splits.store, splits.val, image_size, data_mod.build_transform(image_size, train=False),
@@ -120,7 +120,20 @@ def _teacher_specs(cfg: CompressConfig) -> list[models.ModelSpec]:
         raise ConfigError(
             f"--teacher-weights: got {len(weights)} file(s) for {len(cfg.teacher)} --teacher; give one per teacher"
         )
-    return [models.resolve(name, weights[i] if weights else None, role="teacher") for i, name in enumerate(cfg.teacher)]
+    specs = [models.resolve(name, weights[i] if weights else None, role="teacher") for i, name in enumerate(cfg.teacher)]
+    if cfg.teacher_image_size:
+        specs = [dataclasses.replace(spec, input_size=cfg.teacher_image_size) for spec in specs]
+    return specs
+
+
+def student_image_size(cfg: CompressConfig, teacher_specs: list[models.ModelSpec], splits: data_mod.DataSplits) -> int:
+    """--image-size, else the data's own resolution (median short side) capped at the first teacher's
+    input size (224 without a teacher): never upsample the student past what the images hold."""
+    if cfg.image_size:
+        return cfg.image_size
+    cap = teacher_specs[0].input_size if teacher_specs else 224
+    native = data_mod.typical_short_side(splits)
+    return min(cap, native) if native else cap
 
 
 def _student_weights(cfg: CompressConfig) -> str:

@@ -94,3 +94,16 @@ def test_epoch_sampler_shards_and_reshuffles():
     for s in ranks:
         s.set_epoch(1)
     assert [list(s) for s in ranks] != first
+
+
+def test_a_file_beside_the_splits_under_a_shared_root_is_not_a_level(tmp_path):
+    root = write_folder(tmp_path / "set" / "tiny-200", per_class=4)
+    (root / "classes.tsv").write_text("blue\tthe colour blue\n")
+    splits = data.open_image_folder(str(tmp_path / "set"))
+    assert splits.classes == ["blue", "green", "red"]
+    assert (len(splits.train), len(splits.val)) == (12, 6) and all("/train/" in s.path for s in splits.train)
+
+
+def test_typical_short_side_is_the_images_own_resolution(tmp_path):
+    write_folder(tmp_path / "d", per_class=4, size=24)
+    assert data.typical_short_side(data.open_image_folder(str(tmp_path / "d"))) == 24

