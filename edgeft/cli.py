@@ -136,7 +136,8 @@ def _method_names() -> list[str]:
 @_few_data_options
 @click.option("--val-fraction", type=float, help="Held-out share of a flat class-per-folder tree [0.2].")
 @click.option("--seed", type=int, help="Seed for sampling, init and data order [0].")
-@click.option("--method", help="Transfer method, from the METHODS registry (list: `edgeft methods`) [stl].")
+@click.option("--method", help="Transfer method, from the METHODS registry (list: `edgeft methods`) [aft with a teacher, else stl].")
+@click.option("--baseline/--no-baseline", default=None, help="With a teacher: also fine-tune the same student alone (stl) and report the method's gain over it [on].")
 @click.option("--epochs", type=int, help="Epochs of the main stage (method default otherwise).")
 @click.option("--steps", type=int, help="Optimiser steps of the main stage (overrides --epochs).")
 @click.option("--batch-size", type=int, help="Batch size [64].")
@@ -144,7 +145,8 @@ def _method_names() -> list[str]:
 @click.option("--weight-decay", type=float, help="Weight decay of the main stage.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw", "adam"]), help="Optimiser of the main stage.")
 @click.option("--schedule", type=click.Choice(["cosine", "multistep", "constant"]), help="LR schedule.")
-@click.option("--image-size", type=int, help="Training/inference image size (teacher default otherwise).")
+@click.option("--image-size", type=int, help="The student's training/inference image size [the images' own (median short side), at most the teacher's].")
+@click.option("--teacher-image-size", type=int, help="The resolution the teacher sees (images are resized to it) [its pretrained input size].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train [auto].")
 @click.option("--workers", type=int, help="Data-loader worker processes [0].")
 @click.option("--out", help="Run directory [runs/<time>-<method>].")
@@ -158,6 +160,7 @@ def _method_names() -> list[str]:
 @click.option("--beta", help="aft: weight of the kernel distance, a number >= 0, or 'auto' to pick 3/10/30 on a 10% hold-out (~4x the training) [10].")
 @click.option("--aft-weights", type=click.Choice(["learned", "identity"]), help="aft: learned feature weights or identity (ablation) [learned].")
 @click.option("--aft-kernel", type=click.Choice(["linear", "rbf"]), help="aft: batch kernel (rbf: ablation) [linear].")
+@click.option("--aft-augment/--no-aft-augment", default=None, help="aft: random crop/flip of the student's images; the teacher's cached features stay those of the whole image [on].")
 @click.option("--unlabeled", help="kdep: directory or .zip of distillation images, or digg:PACK for DIGG images of the few [the labelled train images, labels unused]; --kd-data upstream: the upstream images.")
 @click.option("--align", type=click.Choice(["svd", "linear", "channel-select"]), help="kdep: teacher→student dimension alignment [svd].")
 @click.option("--transform", type=click.Choice(["pts", "none", "std-norm"]), help="kdep: transform of the aligned teacher target [pts].")
@@ -382,9 +385,16 @@ def _show_summary(summary: dict) -> None:
         acc = teacher["accuracy"]
         table.add_row(f"teacher ({teacher.get('evaluated_as') or 'not evaluated'})", teacher["name"], f"{teacher['params'] / 1e6:.1f}", "",
                       "" if acc is None else f"{acc:.2%}")
-    table.add_row("student", student["name"], f"{student['params'] / 1e6:.1f}", f"{student['macs'] / 1e6:.0f}",
-                  f"{student['accuracy']:.2%}")
+    baseline = summary.get("baseline")
+    if baseline:
+        table.add_row("student, fine-tuned alone (stl)", student["name"], f"{student['params'] / 1e6:.1f}",
+                      f"{student['macs'] / 1e6:.0f}", f"{baseline['accuracy']:.2%}")
+    table.add_row(f"student ({summary['method']})", student["name"], f"{student['params'] / 1e6:.1f}",
+                  f"{student['macs'] / 1e6:.0f}", f"{student['accuracy']:.2%}")
     Console().print(table)
+    if baseline:
+        gain = summary["gain_over_baseline"] * 100
+        Console().print(f"{summary['method']} vs fine-tuning alone: {gain:+.2f} accuracy points", highlight=False)
     data = summary["data"]
     Console().print(f"{data['train_images']} training / {data['val_images']} validation images, "
                     f"{data['classes']} classes, {summary['seconds']:.0f} s")

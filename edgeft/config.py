@@ -14,6 +14,9 @@ from edgeft.registry import unknown_name_message
 C = TypeVar("C")
 
 
+DEFAULT_TRANSFER_METHOD = "aft"  # `--method` when a teacher is given (the demo shows its gain over stl)
+
+
 @dataclass(frozen=True)
 class CompressConfig:
     """Every option of `edgeft compress` (one field per CLI flag)."""
@@ -28,7 +31,8 @@ class CompressConfig:
     shots: int | None = None
     val_fraction: float = 0.2
     seed: int = 0
-    method: str = "stl"
+    method: str | None = None  # None: DEFAULT_TRANSFER_METHOD with a teacher, else stl
+    baseline: bool = True  # with a teacher: also fine-tune the same student alone (stl) to measure the gain
     epochs: int | None = None
     steps: int | None = None
     batch_size: int = 64
@@ -53,6 +57,7 @@ class CompressConfig:
     beta: str = "10"  # weight of the kernel distance: a number >= 0, or "auto" (grid 3/10/30 on a 10% hold-out)
     aft_weights: str = "learned"  # learned | identity (ablation)
     aft_kernel: str = "linear"  # linear | rbf (ablation)
+    aft_augment: bool = True  # random crop/flip of the student's view (the teacher's features: the whole image)
     # KDEP (methods/kdep.py)
     unlabeled: str | None = None  # distillation images; default the labelled train images without labels
     align: str = "svd"  # svd | linear | channel-select
@@ -70,6 +75,10 @@ class CompressConfig:
     mask_ratio: tuple[float, ...] = (0.25, 0.75)  # masked share of the code grid, drawn uniformly in [min, max]
     temperature: float = 1.0
     top_k: int = 100
+
+    def __post_init__(self) -> None:
+        if self.method is None:  # a teacher is there to be transferred from
+            object.__setattr__(self, "method", DEFAULT_TRANSFER_METHOD if self.teacher or self.teacher_from else "stl")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for YAML (tuples become lists)."""

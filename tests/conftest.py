@@ -99,5 +99,5 @@ def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
     return [
         "compress", "--teacher", "resnet10t", "--teacher-weights", "none", "--student", "resnet10t",
         "--student-weights", "none", "--data", str(data), "--image-size", "16", "--epochs", "2",
-        "--batch-size", "8", "--out", str(out), *extra,
+        "--batch-size", "8", "--no-baseline", "--out", str(out), *extra,
     ]

@@ -36,7 +36,7 @@ def test_demo_pack_is_small_loads_offline_and_holds_no_images():
 def test_demo_data_is_a_few_shot_downstream_split():
     splits = data.open_image_folder("demo")
     assert splits.classes == ["bird", "cat", "deer", "dog", "frog"]
-    assert len(splits.train) == 1500 and len(splits.val) == 500
+    assert len(splits.train) == 500 and len(splits.val) == 500
 
 
 def test_demo_runs_offline(tmp_path, monkeypatch):

@@ -1,13 +1,16 @@
-"""Transfer benchmark on the standard upstream/downstream split of the shared CIFAR-10.
+"""Transfer benchmarks: the in-house-teacher protocol (CIFAR-10 split) and the imagenet-teacher protocol.
 
-    python tools/bench_transfer.py            # every row × 3 seeds (cached rows are reused)
+    python tools/bench_transfer.py            # in-house teacher: every row × 3 seeds (cached rows are reused)
     python tools/bench_transfer.py --quick    # 1 seed, short schedules, into results/transfer-quick.*
     python tools/bench_transfer.py --rows stl,kd
+    python tools/bench_transfer.py --protocol imagenet-teacher [--tasks caltech101] [--rows stl,aft]
 
-Upstream teacher: resnetv2_50x1_bit (the BiT-M-R50x1 architecture) pretrained by
+In-house-teacher protocol: resnetv2_50x1_bit (the BiT-M-R50x1 architecture) pretrained by
 tools/pretrain_teacher.py on the upstream classes; downstream: 10% of the downstream classes'
 train images (stratified, per seed), evaluated on all their 5,000 test images; 32 px.
 Each (row, seed) is stored in results/transfer.json as soon as it finishes.
+Imagenet-teacher protocol: tools/transfer_imagenet.py (results/transfer-imagenet.*), stored per
+(task, row, seed) the same way.
 """
 from __future__ import annotations
 
@@ -65,11 +68,11 @@ ROWS: list[Row] = [
     Row("lp", "lp", init="upstream", note="upstream-pretrained resnet18, frozen, new head"),
     Row("kd", "kd", init="scratch", uses_teacher=True, note="Hinton KD from the probed teacher, random-init student"),
     Row("fkd", "fkd", init="scratch", uses_teacher=True, note="feature KD + fine-tune, random-init student (papers' KD)"),
-    Row("aft", "aft", init="upstream", uses_teacher=True, options={"beta": "auto"},
+    Row("aft", "aft", init="upstream", uses_teacher=True, options={"beta": "auto", "aft_augment": False},
         note="AFT: β auto (3/10/30 on a 10% hold-out of seed 0, reused for seeds 1-2), learned μ, Adam, no augmentation"),
-    Row("aft identity-μ", "aft", init="upstream", uses_teacher=True, options={"beta": "auto", "aft_weights": "identity"},
+    Row("aft identity-μ", "aft", init="upstream", uses_teacher=True, options={"beta": "auto", "aft_weights": "identity", "aft_augment": False},
         note="AFT ablation: feature weights fixed (μ = I), β auto (seed 0, reused)"),
-    Row("aft β=0", "aft", init="upstream", uses_teacher=True, options={"beta": "0", "aft_weights": "identity"},
+    Row("aft β=0", "aft", init="upstream", uses_teacher=True, options={"beta": "0", "aft_weights": "identity", "aft_augment": False},
         note="control: AFT's recipe without the regulariser (the paper's STL: Adam, no augmentation)"),
     Row("kdep", "kdep", init="scratch", uses_teacher=True,
         note="KDEP: SVD+PTS distillation on the downstream train images (labels unused), then fine-tune as stl"),
@@ -133,7 +136,7 @@ def run_row(row: Row, seed: int, quick: bool) -> dict:
             student_weights=str(weights["teacher"] if row.model == "teacher" else weights.get("student", "none")),
             data=str(require_cifar()), classes=DOWNSTREAM_CLASSES, fraction=DOWNSTREAM_FRACTION,
             method=row.method, **_schedule(row, quick), image_size=32, seed=seed, out=str(out),
-            resume=run.config.exists(), **options,
+            resume=run.config.exists(), baseline=False, **options,
         )
         run_compress(cfg, progress=RichProgress)
     summary = artifacts.read_json(run.summary)
@@ -204,7 +207,7 @@ def markdown(results: dict, rows: list[Row]) -> str:
     prov = results["provenance"]
     stl = _accuracies(results, "stl")
     lines = [
-        "# Transfer benchmark (CIFAR-10 upstream/downstream split)",
+        "# Transfer benchmark, in-house-teacher protocol (CIFAR-10 upstream/downstream split)",
         "",
         f"Upstream teacher {TEACHER_ARCH} pretrained on airplane/automobile/ship/truck/horse; downstream "
         f"bird/cat/deer/dog/frog with {DOWNSTREAM_FRACTION:.0%} of their train images per seed, evaluated on all "
@@ -247,12 +250,49 @@ def _load(path: Path) -> dict:
     return artifacts.read_json(path) if path.exists() else {"runs": {}}
 
 
+def store(path: Path, key: str, figures: dict, seeds: list[int]) -> None:
+    """Adds one run's figures to a results file, re-read first: another invocation may have stored rows meanwhile."""
+    results = _load(path)
+    results["runs"][key] = figures
+    results["provenance"] = provenance(seeds)
+    dump_json(path, results)
+    print(f"{key}: {figures['accuracy']:.2%}")
+
+
+def main_imagenet(args: argparse.Namespace) -> None:
+    """The imagenet-teacher protocol: every (task, row, seed) asked for, then the table and the checks."""
+    import transfer_imagenet as proto
+
+    path = RESULTS / f"{proto.STEM}.json"
+    tasks = [proto.TASKS[t] for t in (args.tasks.split(",") if args.tasks else proto.TASKS)]
+    rows = proto.ROWS if not args.rows else [r for r in proto.ROWS if r.name in args.rows.split(",")]
+    for row in rows:
+        for task in (t for t in tasks if t.name in row.tasks):
+            seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(task.seeds)
+            for seed in seeds:
+                key = f"{task.name}/{row.name}/{seed}"
+                if key not in _load(path)["runs"]:
+                    store(path, key, proto.run_row(task, row, seed), seeds)
+    results = _load(path)
+    results["checks"] = proto.checks(results)
+    results["provenance"] = provenance(None)
+    dump_json(path, results)
+    artifacts.write_text(RESULTS / f"{proto.STEM}.md", proto.markdown(results))
+    print(RESULTS / f"{proto.STEM}.md")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 seed, 2-epoch schedules (smoke check)")
+    parser.add_argument("--protocol", choices=["in-house-teacher", "imagenet-teacher"], default="in-house-teacher")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 2-epoch schedules (smoke check; in-house)")
     parser.add_argument("--rows", help="comma-separated row names (default: all)")
-    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    parser.add_argument("--tasks", help="imagenet-teacher: comma-separated tasks (default: all)")
+    parser.add_argument("--seeds", help="comma-separated seeds (default: the protocol's)")
     args = parser.parse_args()
+    if args.protocol == "imagenet-teacher":
+        main_imagenet(args)
+        return
+    args.seeds = args.seeds or ",".join(map(str, SEEDS))
     rows = ROWS if not args.rows else [r for r in ROWS if r.name in args.rows.split(",")]
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     stem = "transfer-quick" if args.quick else "transfer"
@@ -261,12 +301,7 @@ def main() -> None:
         for seed in seeds:
             key = f"{row.name}/{seed}"
             if key not in _load(path)["runs"]:
-                figures = run_row(row, seed, args.quick)
-                results = _load(path)  # re-read: another invocation may have stored rows meanwhile
-                results["runs"][key] = figures
-                results["provenance"] = provenance(seeds)
-                dump_json(path, results)
-                print(f"{key}: {figures['accuracy']:.2%}")
+                store(path, key, run_row(row, seed, args.quick), seeds)
     results = _load(path)
     results["provenance"] = provenance(seeds)
     dump_json(path, results)

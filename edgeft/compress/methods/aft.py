@@ -136,9 +136,9 @@ class AdaptiveFeatureTransfer(Method):
         beta = parse_beta(cfg.beta)
         learned = check_choice(cfg.aft_weights, WEIGHT_MODES, "--aft-weights") == "learned"
         distance = distance_for(check_choice(cfg.aft_kernel, KERNELS, "--aft-kernel"), fused.check_mode(cfg.kernels))
-        if ctx.student_spec.weights == "none":
-            log.warning("aft: the student starts from random weights; AFT regularises the fine-tuning of a pretrained "
-                        "student and trains without augmentation, so expect it to trail kdep or stl here")
+        if ctx.student_spec.weights == "none" and not cfg.aft_augment:
+            log.warning("aft: the student starts from random weights and trains without augmentation "
+                        "(--no-aft-augment), so expect it to trail kdep or stl here")
         psi, dims = self._teacher_features(ctx)
         initial = copy.deepcopy(ctx.student.state_dict())
         grid: dict[str, float] = {}
@@ -174,7 +174,9 @@ class AdaptiveFeatureTransfer(Method):
                learned: bool, distance: Distance, evaluate_fn: Callable[[], float]) -> FeatureWeights:
         student = ctx.student
         weights = FeatureWeights(psi.shape[1], learned)
-        loader = ctx.loader(Indexed(ctx.train_set(augment=False), rows))
+        # augmented: the student sees a random crop/flip, the kernel compares it with the teacher's cached
+        # features of the whole image (a crop of a few pixels barely moves them)
+        loader = ctx.loader(Indexed(ctx.train_set(augment=ctx.config.aft_augment), rows))
         groups = [{"params": [p for p in student.parameters() if p.requires_grad]}]
         if learned:
             groups.append({"params": [weights.s], "lr": WEIGHTS_LR, "weight_decay": 0.0})

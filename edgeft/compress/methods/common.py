@@ -24,16 +24,31 @@ EVAL_BATCH = 256
 
 
 @torch.no_grad()
-def evaluate(model: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, device: torch.device) -> float:
-    """Top-1 accuracy of `model` (images → logits) on `dataset`."""
+def predictions(model: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted class, label) of every image of `dataset`, in order."""
     if isinstance(model, nn.Module):
         model.eval()
-    correct = total = 0
-    for images, labels in make_loader(dataset, EVAL_BATCH):
-        logits = model(images.to(device))
-        correct += (logits.argmax(1).cpu() == labels).sum().item()
-        total += len(labels)
-    return round(correct / max(total, 1), 5)
+    pairs = [(model(images.to(device)).argmax(1).cpu(), labels) for images, labels in make_loader(dataset, EVAL_BATCH)]
+    if not pairs:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat([p for p, _ in pairs]), torch.cat([torch.as_tensor(y) for _, y in pairs])
+
+
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, device: torch.device) -> float:
+    """Top-1 accuracy of `model` (images → logits) on `dataset`."""
+    return top1(*predictions(model, dataset, device))
+
+
+def top1(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    """The share of correct predictions, rounded as every accuracy of a run is (0 for no images)."""
+    return round((predicted == labels).float().mean().item(), 5) if len(labels) else 0.0
+
+
+def mean_per_class_accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    """The mean over classes of each class's top-1 accuracy (for unbalanced test sets such as Caltech-101)."""
+    per_class = [(predicted[labels == c] == c).float().mean().item() for c in labels.unique()]
+    return round(sum(per_class) / max(len(per_class), 1), 5)
 
 
 @torch.no_grad()
