@@ -18,10 +18,11 @@ console = Console(stderr=True)
 
 class RichProgress:
     """The training loop's progress sink: on a terminal one rich bar per stage with loss, accuracy and ETA;
-    otherwise (a log file, CI) a plain line at every tenth of the stage and at least every LINE_EVERY_S
-    seconds, e.g. `stage kd: 120/800 (15%), loss 0.4100, 35 s elapsed, ETA 3:18`."""
+    otherwise (a log file, CI) a plain line at every tenth of the stage (at most one per MIN_GAP_S), at least
+    every LINE_EVERY_S and where the stage ends, e.g. `stage kd: 120/800 (15%), loss 0.4100, 35 s elapsed, ETA 3:18`."""
 
     LINE_EVERY_S = 30.0
+    MIN_GAP_S = 5.0  # a stage of seconds logs its end only
 
     def __init__(self, out: Console | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._out = out or console
@@ -57,7 +58,8 @@ class RichProgress:
             return
         now = self._clock()
         tenth = self._done * 10 // self._total
-        if fields and (tenth >= self._next_tenth or now - self._last_line >= self.LINE_EVERY_S):
+        since = now - self._last_line
+        if fields and ((tenth >= self._next_tenth and since >= self.MIN_GAP_S) or since >= self.LINE_EVERY_S):
             self._next_tenth = tenth + 1
             self._line(now)
 

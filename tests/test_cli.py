@@ -262,6 +262,12 @@ def test_progress_into_a_log_prints_a_line_every_tenth_with_loss_and_eta():
     assert len(lines) == 10
     assert lines[0] == "stage kd: 10/100 (10%), loss 0.5000, 10 s elapsed, ETA 1:30"
     assert lines[-1] == "stage kd: 100/100 (100%), loss 0.5000, 100 s elapsed"
+    progress.start("probe", 100)  # a stage of seconds: its end line only
+    for _ in range(100):
+        clock.now += 0.01
+        progress.advance(1, loss=0.25)
+    progress.finish()
+    assert stream.getvalue().splitlines()[10:] == ["stage probe: 100/100 (100%), loss 0.2500, 1 s elapsed"]
 
 
 def test_progress_into_a_log_prints_every_30_s_and_where_an_unfinished_stage_ended():
