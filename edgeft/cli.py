@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from typing import Any, Callable
 
 import click
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from rich.text import Text
 
 from edgeft.errors import EdgeftError
 
@@ -15,30 +17,75 @@ console = Console(stderr=True)
 
 
 class RichProgress:
-    """The training loop's progress sink: one rich bar per stage with loss, accuracy and ETA."""
+    """The training loop's progress sink: on a terminal one rich bar per stage with loss, accuracy and ETA;
+    otherwise (a log file, CI) a plain line at every tenth of the stage (at most one per MIN_GAP_S), at least
+    every LINE_EVERY_S and where the stage ends, e.g. `stage kd: 120/800 (15%), loss 0.4100, 35 s elapsed, ETA 3:18`."""
 
-    def __init__(self) -> None:
+    LINE_EVERY_S = 30.0
+    MIN_GAP_S = 5.0  # a stage of seconds logs its end only
+
+    def __init__(self, out: Console | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._out = out or console
+        self._clock = clock
         self._bar = None
         self._task = None
 
     def start(self, stage: str, total: int) -> None:
+        self._stage, self._total, self._done, self._untimed, self._info = stage, max(1, total), 0, 0, ""
+        self._began = self._last_line = self._clock()
+        self._next_tenth, self._shown = 1, 0  # the next tenth that prints a line; the steps the last line showed
+        if not self._out.is_terminal:
+            return
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
         self._bar = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=console,
+            console=self._out,
         )
         self._bar.start()
         self._task = self._bar.add_task(stage, total=total, info="")
 
     def advance(self, steps: int, **fields: float) -> None:
-        info = " ".join(f"{k} {v:.4f}" for k, v in fields.items())
-        self._bar.update(self._task, advance=steps, **({"info": info} if info else {}))
+        """`steps` more done; steps without fields (a resumed stage's finished epochs) do not count for the ETA."""
+        info = ", ".join(f"{k} {v:.4f}" for k, v in fields.items())
+        self._done += steps
+        self._untimed += 0 if fields else steps
+        self._info = info or self._info
+        if self._bar is not None:
+            self._bar.update(self._task, advance=steps, **({"info": info} if info else {}))
+            return
+        now = self._clock()
+        tenth = self._done * 10 // self._total
+        since = now - self._last_line
+        if fields and ((tenth >= self._next_tenth and since >= self.MIN_GAP_S) or since >= self.LINE_EVERY_S):
+            self._next_tenth = tenth + 1
+            self._line(now)
 
     def finish(self) -> None:
-        self._bar.stop()
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+        elif self._shown != self._done:  # the last line says where the stage ended
+            self._line(self._clock())
+
+    def _line(self, now: float) -> None:
+        self._last_line, self._shown = now, self._done
+        elapsed = now - self._began
+        timed = self._done - self._untimed
+        left = self._total - self._done
+        eta = f", ETA {_clock_time(elapsed / timed * left)}" if timed and left else ""
+        info = f", {self._info}" if self._info else ""
+        self._out.print(f"stage {self._stage}: {self._done}/{self._total} ({self._done / self._total:.0%}){info}, "
+                        f"{elapsed:.0f} s elapsed{eta}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _clock_time(seconds: float) -> str:
+    """Seconds as h:mm:ss or m:ss."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _explicit(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -120,12 +167,6 @@ _digg_options = _options(DIGG_OPTIONS)  # shared by `compress` and `generate`
 _few_data_options = _options(FEW_DATA_OPTIONS)
 
 
-def _method_names() -> list[str]:
-    from edgeft.compress.methods import METHODS
-
-    return METHODS.names()
-
-
 @cli.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file with any of these options.")
 @click.option("--teacher", multiple=True, help="timm name[.tag], a paper alias (bit_m_r50x1, …) or 'demo'; repeat for several.")
@@ -176,7 +217,6 @@ def _method_names() -> list[str]:
 @click.pass_context
 def compress(ctx: click.Context, config_file: str | None, fail_if: str | None, **options: Any) -> None:
     """Transfer a teacher's knowledge into a small student with few labelled images."""
-    from edgeft.compress.pipeline import run_compress
     from edgeft.config import CompressConfig, build_config
 
     explicit = _explicit(ctx, options)
@@ -185,6 +225,7 @@ def compress(ctx: click.Context, config_file: str | None, fail_if: str | None, *
         if options.get(key):
             options[key] = _split(options[key])
     cfg = build_config(CompressConfig, config_file, **options)
+    _check_method(cfg.method)  # options are checked before torch is imported: a typo fails in a second
     if cfg.target:  # an unknown target fails now, not after training
         from edgeft.deploy import with_target_exports
 
@@ -193,6 +234,8 @@ def compress(ctx: click.Context, config_file: str | None, fail_if: str | None, *
     if cfg.formats:  # a typo in --format fails now, not after training
         cfg = _prepare_export(cfg)
         checked = _preflight(cfg)  # so does an op the student cannot export or a runtime cannot run
+    from edgeft.compress.pipeline import run_compress
+
     summary = run_compress(cfg, {k: options[k] for k in explicit}, progress=RichProgress)
     _show_summary(summary)
     if cfg.formats:
@@ -208,6 +251,17 @@ def compress(ctx: click.Context, config_file: str | None, fail_if: str | None, *
         from edgeft.gate import run_rows
 
         _judge(gate, run_rows(cfg.out, cfg.target, bool(cfg.formats)))
+
+
+def _check_method(name: str) -> None:
+    """An unknown --method fails here, from the light METHODS table (no torch import)."""
+    from edgeft.compress.methods import METHODS
+    from edgeft.errors import ConfigError
+
+    try:
+        METHODS.canonical(name)
+    except ConfigError as exc:
+        raise ConfigError(f"--method {name}: {exc}; list them with `edgeft methods`") from None
 
 
 def _preflight(cfg: Any) -> Any:
@@ -335,10 +389,8 @@ def _prepare_export(cfg: Any) -> Any:
 def export_command(run_dir: str, formats: str, precisions: str, calib: int, images: int, onnx_file: str | None,
                    batch: int, max_drop: float | None, batch_profile: str | None, fail_if: str | None) -> None:
     """Export a run's student to engines in RUN_DIR/engines/, each validated against PyTorch."""
-    from edgeft.export import export_run
-
-    gate = _gate(fail_if, "export")
-    from edgeft.export import BatchShape
+    gate = _gate(fail_if, "export")  # before the torch import below: a typo fails in a second
+    from edgeft.export import BatchShape, export_run
 
     records = export_run(run_dir, _split(formats), _split(precisions), calib=calib, images=images, onnx=onnx_file,
                          batch=BatchShape.parse(batch, batch_profile), max_drop=max_drop)
@@ -483,12 +535,34 @@ def targets(as_json: bool, backends: str | None, threads: int | None) -> None:
     if as_json:
         click.echo(json.dumps([TARGETS.get(n).to_json() for n in TARGETS.names()], indent=2))
         return
-    table = Table("target", "aliases", "runtimes", "precisions", "peak T(FL)OPS", "GB/s", "RAM GB", title="edgeft targets")
-    for t in (TARGETS.get(n) for n in TARGETS.names()):
-        peak = " ".join(f"{p}:{f.value:g}" for p, f in t.peak.items()) or "measured on use"
-        table.add_row(t.name, ", ".join(t.aliases), ", ".join(t.backends), ", ".join(t.precisions), peak,
-                      f"{t.memory_bandwidth.value:g}" if t.memory_bandwidth else "", f"{t.ram.value:g}" if t.ram else "")
-    Console().print(table)
+    _show_targets([TARGETS.get(n) for n in TARGETS.names()])
+
+
+def _show_targets(devices: list) -> None:
+    """Two tables that fit 80 columns without cutting a name (what runs there; its figures, each with a
+    numbered source), then the sources; one item per line so that no name is split."""
+    out = Console()
+    runs = Table(title="edgeft targets")
+    for column in ("target", "aliases", "runtimes", "precisions"):
+        runs.add_column(column, overflow="fold", no_wrap=column == "target")
+    figures = Table(title=Text("their figures; [n] is the source, listed below"))
+    for column in ("target", "peak T(FL)OPS", "GB/s", "RAM GB"):
+        figures.add_column(column, overflow="fold", no_wrap=column == "target")
+    sources: dict[str, int] = {}
+
+    def cited(figure: Any, label: str = "") -> str:
+        number = sources.setdefault(figure.source, len(sources) + 1)
+        return f"{label}{figure.value:g} [{number}]"
+
+    for t in devices:
+        runs.add_row(*(Text(s) for s in (t.name, *("\n".join(v) for v in (t.aliases, t.backends, t.precisions)))))
+        peak = "\n".join(cited(f, f"{p}: ") for p, f in t.peak.items()) or "measured on use"
+        figures.add_row(*(Text(s) for s in (t.name, peak, cited(t.memory_bandwidth) if t.memory_bandwidth else "",
+                                              cited(t.ram) if t.ram else "")))
+    out.print(runs)
+    out.print(figures)
+    for source, number in sources.items():
+        out.print(f"[{number}] {source}", markup=False, highlight=False)
 
 
 @cli.command()

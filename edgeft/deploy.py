@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeft.config import CompressConfig
+from edgeft.errors import ConfigError
 from edgeft.report import Report, write_report
 from edgeft.runtime.dispatch import profile_on_target
 from edgeft.runtime.profile import ProfileConfig
@@ -26,7 +27,10 @@ EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
 
 def with_target_exports(cfg: CompressConfig) -> CompressConfig:
     """Fills --format/--precision from the target (its runtimes' formats, its precisions) unless given."""
-    target = get_target(cfg.target)
+    try:
+        target = get_target(cfg.target)
+    except ConfigError as exc:
+        raise ConfigError(f"--target {cfg.target}: {exc}; list them with `edgeft targets`") from None
     formats = cfg.formats or tuple(target.formats())
     precisions = cfg.precisions or tuple(p for p in target.precisions if p in EXPORT_PRECISIONS)
     return dataclasses.replace(cfg, target=target.name, formats=formats, precisions=precisions)

@@ -22,3 +22,9 @@ class WeightsError(EdgeftError):
 
 class ConfigError(EdgeftError):
     """An option or config file value is invalid."""
+
+
+class Interrupted(EdgeftError):
+    """The user stopped the command (Ctrl-C); the message says how to continue it."""
+
+    exit_code = 130  # 128 + SIGINT, as shells report it

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif")
 MAX_CORRUPT_FRACTION = 0.05
 DEMO_DATA = Path(__file__).resolve().parent.parent / "demo" / "downstream.zip"
+UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)  # what a corrupt or non-image file raises
 VAL_SPLIT_SEED = 0  # the held-out split of a flat tree stays fixed across --seed values
 
 
@@ -84,12 +85,14 @@ class DataSplits:
     val: list[Sample]
     ignored_files: int = 0
 
-    def describe(self) -> dict:
+    def describe(self, train: ImageDataset, val: ImageDataset) -> dict:
+        """data_split.json: the images `train` and `val` decoded, and those they skipped as unreadable."""
         return {
             "source": str(self.store.path),
             "classes": self.classes,
-            "train": [s.path for s in self.train],
-            "val": [s.path for s in self.val],
+            "train": list(train.paths),
+            "val": list(val.paths),
+            "skipped": train.skipped + val.skipped,
             "ignored_non_image_files": self.ignored_files,
         }
 
@@ -176,11 +179,12 @@ class ImageDataset(Dataset):
         self.images: list[torch.Tensor] = []
         labels: list[int] = []
         self.paths: list[str] = []
-        bad: list[str] = []
+        bad: list[dict[str, str]] = []  # {file, reason} of each unreadable image
         for i, sample in enumerate(samples):
-            image = _decode(store, sample.path, image_size)
-            if image is None:
-                bad.append(sample.path)
+            try:
+                image = _decode(store, sample.path, image_size)
+            except UNREADABLE as exc:
+                bad.append({"file": sample.path, "reason": f"{type(exc).__name__}: {exc}"[:200]})
             else:
                 self.images.append(image)
                 labels.append(sample.label)
@@ -190,11 +194,11 @@ class ImageDataset(Dataset):
         if samples and len(bad) / len(samples) > MAX_CORRUPT_FRACTION:
             raise DataError(
                 f"--data {store.path}: {len(bad)} of {len(samples)} {what} are corrupt or not "
-                f"images (e.g. {bad[0]}); more than {MAX_CORRUPT_FRACTION:.0%}, fix the data"
+                f"images (e.g. {bad[0]['file']}); more than {MAX_CORRUPT_FRACTION:.0%}, fix the data"
             )
         if bad:
-            log.warning("skipped %d corrupt %s (e.g. %s)", len(bad), what, bad[0])
-        self.skipped = len(bad)
+            log.warning("skipped %d corrupt %s (e.g. %s)", len(bad), what, bad[0]["file"])
+        self.skipped = bad
         self.labels = torch.tensor(labels, dtype=torch.long)
 
     def __len__(self) -> int:
@@ -270,17 +274,15 @@ def make_loader(
     )
 
 
-def _decode(store: ImageStore, name: str, image_size: int) -> torch.Tensor | None:
-    try:
-        with Image.open(io.BytesIO(store.read(name))) as img:
-            img = img.convert("RGB")
-            scale = image_size / min(img.size)
-            if scale != 1.0:
-                size = (max(image_size, round(img.width * scale)), max(image_size, round(img.height * scale)))
-                img = img.resize(size, Image.BICUBIC)
-            array = np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
+def _decode(store: ImageStore, name: str, image_size: int) -> torch.Tensor:
+    """One image as uint8 CHW, short side `image_size`; raises one of UNREADABLE for a bad file."""
+    with Image.open(io.BytesIO(store.read(name))) as img:
+        img = img.convert("RGB")
+        scale = image_size / min(img.size)
+        if scale != 1.0:
+            size = (max(image_size, round(img.width * scale)), max(image_size, round(img.height * scale)))
+            img = img.resize(size, Image.BICUBIC)
+        array = np.asarray(img, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 

@@ -112,8 +112,8 @@ def resolve(name: str, weights: str | None, *, role: str) -> ModelSpec:
         known = ["demo", *TEACHER_ALIASES, *timm.list_models()]
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
         hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-        raise WeightsError(f"--{role} {name}: unknown model{hint}; aliases: demo, {', '.join(TEACHER_ALIASES)}; "
-                           f"offline ImageNet teachers: {', '.join(PACKAGED)}")
+        raise WeightsError(f"--{role} {name}: unknown model{hint}; give 'demo', {', '.join(PACKAGED)} (offline), "
+                           f"a timm name or an alias: {', '.join(TEACHER_ALIASES)}")
     cfg = _pretrained_cfg(timm_name)
     mean = tuple(cfg.mean) if cfg else (0.485, 0.456, 0.406)
     std = tuple(cfg.std) if cfg else (0.229, 0.224, 0.225)
@@ -183,6 +183,9 @@ def load_weights(model: nn.Module, path: Path, *, role: str) -> None:
     model.load_state_dict(state, strict=False)
 
 
+WEIGHT_FORMATS = "expected .safetensors, a torch .pth/.pt state dict or a BiT .npz"
+
+
 def read_state_dict(path: Path, flag: str) -> dict[str, torch.Tensor]:
     """Reads a state dict safely: safetensors, or torch.load with weights_only=True."""
     try:
@@ -192,13 +195,14 @@ def read_state_dict(path: Path, flag: str) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any parse failure is the same user error
-        raise WeightsError(f"{flag}: cannot read weights ({type(exc).__name__}: {str(exc)[:120]})") from None
+        log.debug("%s: %s: %s", path, type(exc).__name__, exc)  # e.g. a text file: "KeyError: 101"
+        raise WeightsError(f"{flag}: not a weights file ({WEIGHT_FORMATS})") from None
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict):
-        raise WeightsError(f"{flag}: not a state dict")
+        raise WeightsError(f"{flag}: holds a {type(state).__name__}, not a state dict ({WEIGHT_FORMATS})")
     return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 

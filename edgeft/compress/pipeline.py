@@ -16,12 +16,13 @@ from edgeft.artifacts import RunDir, StudentCard
 from edgeft.compress import data as data_mod
 from edgeft.compress import models
 from edgeft.compress.kernels import check_mode as check_kernels
-from edgeft.compress.methods import METHODS, TransferContext
+from edgeft.compress.methods import METHODS
+from edgeft.compress.methods.base import TransferContext
 from edgeft.compress.methods.baselines import finetune
 from edgeft.compress.methods.common import adapted_teacher, evaluate, mean_per_class_accuracy, predictions, top1
 from edgeft.compress.train import Dist, NullProgress, Progress, Trainer
 from edgeft.config import CompressConfig, build_config
-from edgeft.errors import ConfigError, DataError
+from edgeft.errors import ConfigError, DataError, Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +70,27 @@ def run_compress(
     explicit: dict | None = None,
     progress: Callable[[], Progress] = NullProgress,
 ) -> dict:
-    """Runs one compression end to end and returns summary.json's content."""
+    """Runs one compression end to end and returns summary.json's content.
+
+    Ctrl-C raises `Interrupted` (exit 130) naming the `--resume` command that continues the run;
+    the summary's seconds add up every session of a resumed run.
+    """
     began = time.time()
     cfg, run = prepare_run(cfg, explicit or {})
+    previous = _previous_seconds(run) if cfg.resume else 0.0
+    try:
+        return _compress(cfg, run, progress, lambda: previous + time.time() - began)
+    except KeyboardInterrupt:
+        raise _interrupted(run, previous + time.time() - began) from None
+
+
+def _compress(cfg: CompressConfig, run: RunDir, progress: Callable[[], Progress],
+              seconds: Callable[[], float]) -> dict:
     check_kernels(cfg.kernels)
     device = resolve_device(cfg.device)
     dist = Dist.from_env(device)
     torch.manual_seed(cfg.seed)
-    method = METHODS.get(cfg.method)()
+    method = METHODS.get(cfg.method).load()()
     teacher_specs = _teacher_specs(cfg)
     # Teachers are loaded first so that an offline hub or a bad file fails before any data work.
     teachers = [models.create(spec, num_classes=0, role="teacher").to(device).eval().requires_grad_(False)
@@ -87,13 +101,14 @@ def run_compress(
     _check_resume_classes(run, splits.classes)
     if dist.is_main:
         artifacts.write_yaml(run.config, cfg.to_dict())
-        artifacts.write_json(run.data_split, splits.describe())
     image_size = student_image_size(cfg, teacher_specs, splits)
     images = data_mod.ImageDataset(splits.store, splits.train, image_size, what="training images")
     val = data_mod.ImageDataset(
         splits.store, splits.val, image_size, data_mod.build_transform(image_size, train=False),
         what="validation images",
     )
+    if dist.is_main:  # after decoding: the split lists exactly the images used, and those skipped
+        artifacts.write_json(run.data_split, splits.describe(images, val))
     student_spec = models.resolve(cfg.student, _student_weights(cfg), role="student")
     torch.manual_seed(cfg.seed)
     student = models.create(student_spec, num_classes=len(splits.classes), role="student").to(device)
@@ -103,16 +118,34 @@ def run_compress(
     student = method.fit(ctx)
     if teacher_specs and "teacher_accuracy" not in ctx.notes:
         adapted_teacher(ctx)
-    summary = _summarise(ctx, student, images, val, time.time() - began)
+    summary = _summarise(ctx, student, images, val, seconds())
     if cfg.baseline and teacher_specs and cfg.method != "stl":
         summary["baseline"] = _fine_tune_alone(ctx)
         summary["gain_over_baseline"] = round(summary["student"]["accuracy"] - summary["baseline"]["accuracy"], 5)
-        summary["seconds"] = round(time.time() - began, 1)
+        summary["seconds"] = round(seconds(), 1)
     if dist.is_main:
         _write_student(run, ctx, student)
         artifacts.write_json(run.summary, summary)
+        run.elapsed.unlink(missing_ok=True)  # the summary holds the total now
     dist.barrier()
     return summary
+
+
+def _previous_seconds(run: RunDir) -> float:
+    """Seconds of the run's earlier sessions: the interrupted ones' tally, else the finished run's summary."""
+    for path in (run.elapsed, run.summary):
+        if path.exists():
+            return float(artifacts.read_json(path).get("seconds", 0.0))
+    return 0.0
+
+
+def _interrupted(run: RunDir, seconds: float) -> Interrupted:
+    """The Ctrl-C message: how to continue the run (its seconds so far are kept for the summary)."""
+    if not run.config.exists():
+        return Interrupted(f"interrupted before {run.root} held anything to resume; run the command again")
+    artifacts.write_json(run.elapsed, {"seconds": round(seconds, 1)})
+    return Interrupted(f"interrupted: {run.root} keeps every finished epoch; continue it with "
+                       f"`edgeft compress --out {run.root} --resume`")
 
 
 def _teacher_specs(cfg: CompressConfig) -> list[models.ModelSpec]:

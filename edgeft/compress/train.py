@@ -150,22 +150,24 @@ class Trainer:
         self.progress.start(stage.name, total)
         self.progress.advance(start_epoch * steps_per_epoch)
         metrics: dict = {}
-        for epoch in range(start_epoch, stage.spec.epochs):
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            began = time.time()
-            metrics = self._train_epoch(stage, wrapper, optimizer, scheduler, scaler, amp, amp_dtype)
-            metrics.update(stage=stage.name, epoch=epoch + 1, seconds=round(time.time() - began, 3))
-            is_last = epoch + 1 == stage.spec.epochs
-            if stage.evaluate and (is_last or (epoch + 1) % stage.spec.eval_every == 0):
+        try:  # the bar is closed also on Ctrl-C, so that the interruption's message reads cleanly
+            for epoch in range(start_epoch, stage.spec.epochs):
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)
+                began = time.time()
+                metrics = self._train_epoch(stage, wrapper, optimizer, scheduler, scaler, amp, amp_dtype)
+                metrics.update(stage=stage.name, epoch=epoch + 1, seconds=round(time.time() - began, 3))
+                is_last = epoch + 1 == stage.spec.epochs
+                if stage.evaluate and (is_last or (epoch + 1) % stage.spec.eval_every == 0):
+                    if self.dist.is_main:
+                        metrics["val_acc"] = stage.evaluate()
+                    self.dist.barrier()
                 if self.dist.is_main:
-                    metrics["val_acc"] = stage.evaluate()
+                    self._append_metrics(metrics)
+                    self._save(last, epoch + 1, stage, optimizer, scheduler, scaler)
                 self.dist.barrier()
-            if self.dist.is_main:
-                self._append_metrics(metrics)
-                self._save(last, epoch + 1, stage, optimizer, scheduler, scaler)
-            self.dist.barrier()
-        self.progress.finish()
+        finally:
+            self.progress.finish()
         if self.dist.is_main:
             _save_modules(stage.modules, folder / "final.safetensors")
             artifacts.write_json(done_file, metrics)

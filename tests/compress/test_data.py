@@ -71,7 +71,9 @@ def test_corrupt_images_are_skipped_and_counted_then_refused_above_5_percent(tmp
     assert splits.ignored_files == 1
     train_has_bad = any(s.path.endswith("bad.png") for s in splits.train)
     dataset = data.ImageDataset(splits.store, splits.train if train_has_bad else splits.val, 16)
-    assert dataset.skipped == 1
+    (skipped,) = dataset.skipped
+    assert skipped["file"].endswith("bad.png") and "cannot identify image" in skipped["reason"]
+    assert not any(path.endswith("bad.png") for path in dataset.paths)
     for i in range(10):
         (root / "red" / f"bad{i}.jpg").write_bytes(b"\xff\xd8 truncated")
     splits = data.open_image_folder(str(root), val_fraction=0.25)

@@ -50,7 +50,7 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
 def test_corrupt_weights_file_is_one_line_error(tmp_path):
     path = tmp_path / "w.pth"
     path.write_bytes(b"garbage")
-    with pytest.raises(WeightsError, match="--teacher-weights .*cannot read weights"):
+    with pytest.raises(WeightsError, match="--teacher-weights .*: not a weights file"):
         models.create(models.resolve("resnet10t", str(path), role="teacher"), 0, role="teacher")
 
 

@@ -1,10 +1,64 @@
-"""Transfer methods, one module each, registered in `METHODS`."""
+"""Transfer methods, one module each, listed in `METHODS` without importing them.
+
+`METHODS` maps each name to a light `MethodEntry` (summary, whether it needs a teacher, where
+its class lives), so that `edgeft methods` and `--method` checks answer without torch; the
+method's module is imported by `MethodEntry.load()`, when a run needs it.
+"""
 from __future__ import annotations
 
-from edgeft.compress.methods.base import METHODS, Method, TransferContext
-from edgeft.compress.methods import baselines  # noqa: F401  (registers the baselines)
-from edgeft.compress.methods import aft, kdep  # noqa: F401  (registers aft, kdep)
-from edgeft.compress.methods import irf  # noqa: F401  (registers irf)
-from edgeft.compress.methods import digg, ota  # noqa: F401  (registers digg, ota, digg-irf)
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-__all__ = ["METHODS", "Method", "TransferContext"]
+from edgeft.registry import Registry
+
+if TYPE_CHECKING:
+    from edgeft.compress.methods.base import Method
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One registered method: what `edgeft methods` shows and where its class is."""
+
+    summary: str
+    where: str  # "module:Class", imported on load()
+    needs_teacher: bool = False
+
+    def load(self) -> type[Method]:
+        """Imports the method's module (torch and all) and returns its class."""
+        module, _, name = self.where.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+METHODS: Registry[MethodEntry] = Registry("method")
+_PKG = "edgeft.compress.methods"
+
+
+def _add(name: str, where: str, summary: str, *, teacher: bool = False, aliases: tuple[str, ...] = ()) -> None:
+    METHODS.add(name, MethodEntry(summary, f"{_PKG}.{where}", teacher), aliases=aliases)
+
+
+_add("stl", "baselines:FineTune", "standard transfer learning: fine-tune the whole student on the few data",
+     aliases=("finetune", "fine-tune"))
+_add("lp", "baselines:LinearProbe", "linear probe: frozen student backbone, train the classifier only",
+     aliases=("linear-probe",))
+_add("lp-ft", "baselines:LinearProbeThenFineTune",
+     "LP-FT (Kumar et al. 2022): linear probe, then fine-tune everything at a lower lr")
+_add("kd", "baselines:LogitDistillation",
+     "Hinton KD: CE + T²·KL to the teacher's logits (teacher head trained on the few data first)", teacher=True)
+_add("fkd", "baselines:FeatureDistillation", "feature KD (FitNets-style, the papers' KD baseline): L2 to teacher "
+     "features via a linear projector, then fine-tune", teacher=True, aliases=("fitnets",))
+_add("aft", "aft:AdaptiveFeatureTransfer",
+     "AFT: fine-tune with CE + β·kernel distance to cached teacher features with learned weights", teacher=True)
+_add("kdep", "kdep:DistillationAsPretraining", "KDEP: distil pre-ReLU teacher features (SVD + PTS) into the "
+     "student on unlabeled images, then fine-tune", teacher=True)
+_add("irf", "irf:ImageRerepresentationFineTuning", "OTA's IRF: head trained on VQGAN re-represented images "
+     "(frozen backbone), then all layers on the originals")
+_add("digg", "digg:DiggDistillation", "OTA's DIGG: distil teacher features on images generated from the few "
+     "(pack with transformer), then fine-tune", teacher=True)
+_add("ota", "ota:OneToTransferAll", "OTA: IRF-adapt the teacher, distil it on DIGG images (--pack with "
+     "transformer), fine-tune the student", teacher=True, aliases=("irf-digg",))
+_add("digg-irf", "ota:DiggThenIrf", "DIGG-IRF (low-resource OTA): distil the un-adapted teacher on DIGG images, "
+     "then IRF on the student", teacher=True)
+
+__all__ = ["METHODS", "MethodEntry"]

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset, Subset
 from edgeft import artifacts
 from edgeft.compress import kernels as fused
 from edgeft.compress import losses
-from edgeft.compress.methods.base import METHODS, Method, Recipe, TransferContext
+from edgeft.compress.methods.base import Method, Recipe, TransferContext
 from edgeft.compress.methods.common import evaluate, probe_features
 from edgeft.compress.train import LossFn, Stage
 from edgeft.errors import ConfigError
@@ -126,11 +126,7 @@ def holdout_split(labels: torch.Tensor, fraction: float = HOLDOUT_FRACTION,
     return [i for i in range(len(labels)) if i not in chosen], sorted(held)
 
 
-@METHODS.register("aft")
 class AdaptiveFeatureTransfer(Method):
-    summary = "AFT: fine-tune with CE + β·kernel distance to cached teacher features with learned weights"
-    needs_teacher = True
-
     def fit(self, ctx: TransferContext) -> nn.Module:
         cfg = ctx.config
         beta = parse_beta(cfg.beta)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 from torch import nn
@@ -15,7 +14,6 @@ from edgeft.compress.models import ModelSpec, Normalized
 from edgeft.compress.train import Dist, Trainer, TrainSpec
 from edgeft.config import CompressConfig
 from edgeft.errors import ConfigError
-from edgeft.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +89,11 @@ class Recipe:
 
 
 class Method:
-    """A transfer method: `fit` trains `ctx.student` and returns it (DESIGN.md §House style 5)."""
+    """A transfer method: `fit` trains `ctx.student` and returns it (DESIGN.md §House style 5).
 
-    name: ClassVar[str]
-    summary: ClassVar[str]
-    needs_teacher: ClassVar[bool] = False
+    Each one is listed by name in `edgeft.compress.methods.METHODS`.
+    """
 
     def fit(self, ctx: TransferContext) -> nn.Module:
         raise NotImplementedError
 
-
-METHODS: Registry[type[Method]] = Registry("method")

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from edgeft.compress.losses import hinton_kd
-from edgeft.compress.methods.base import METHODS, Method, Recipe, TransferContext
+from edgeft.compress.methods.base import Method, Recipe, TransferContext
 from edgeft.compress.methods.common import adapted_teacher, probe_features, set_classifier, train_linear_head
 from edgeft.compress.train import Stage
 
@@ -45,36 +45,23 @@ def _val(ctx: TransferContext, model: nn.Module):
     return lambda: evaluate(model, ctx.val, ctx.device)
 
 
-@METHODS.register("stl", aliases=("finetune", "fine-tune"))
 class FineTune(Method):
-    summary = "standard transfer learning: fine-tune the whole student on the few data"
-
     def fit(self, ctx: TransferContext) -> nn.Module:
         return finetune(ctx)
 
 
-@METHODS.register("lp", aliases=("linear-probe",))
 class LinearProbe(Method):
-    summary = "linear probe: frozen student backbone, train the classifier only"
-
     def fit(self, ctx: TransferContext) -> nn.Module:
         return linear_probe(ctx)
 
 
-@METHODS.register("lp-ft")
 class LinearProbeThenFineTune(Method):
-    summary = "LP-FT (Kumar et al. 2022): linear probe, then fine-tune everything at a lower lr"
-
     def fit(self, ctx: TransferContext) -> nn.Module:
         linear_probe(ctx)
         return finetune(ctx, recipe=Recipe(epochs=FINETUNE.epochs, lr=FINETUNE.lr / 5))
 
 
-@METHODS.register("kd")
 class LogitDistillation(Method):
-    summary = "Hinton KD: CE + T²·KL to the teacher's logits (teacher head trained on the few data first)"
-    needs_teacher = True
-
     def fit(self, ctx: TransferContext) -> nn.Module:
         teacher = adapted_teacher(ctx)
         student = ctx.student
@@ -92,11 +79,7 @@ class LogitDistillation(Method):
         return student
 
 
-@METHODS.register("fkd", aliases=("fitnets",))
 class FeatureDistillation(Method):
-    summary = "feature KD (FitNets-style, the papers' KD baseline): L2 to teacher features via a linear projector, then fine-tune"
-    needs_teacher = True
-
     def fit(self, ctx: TransferContext) -> nn.Module:
         distill_features(ctx, ctx.teacher(), ctx.train_set(augment=True))
         return finetune(ctx)  # the projector is dropped; the student is fine-tuned on the labels

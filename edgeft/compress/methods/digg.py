@@ -28,7 +28,7 @@ from edgeft.compress.data import ImageDataset, build_transform
 from edgeft.compress.generative.digg import DiggSpec, Sources, generate, generated_images
 from edgeft.compress.generative.pack import load_pack
 from edgeft.compress.methods.aft import check_choice
-from edgeft.compress.methods.base import METHODS, Method, Recipe, TransferContext
+from edgeft.compress.methods.base import Method, Recipe, TransferContext
 from edgeft.compress.methods.baselines import distill_features, finetune
 from edgeft.compress.methods.common import cache_key
 from edgeft.compress.methods.irf import CALIBRATE
@@ -95,11 +95,7 @@ def digg_distill(ctx: TransferContext, teacher: nn.Module) -> None:
         })
 
 
-@METHODS.register("digg")
 class DiggDistillation(Method):
-    summary = "OTA's DIGG: distil teacher features on images generated from the few (pack with transformer), then fine-tune"
-    needs_teacher = True
-
     def fit(self, ctx: TransferContext) -> nn.Module:
         digg_distill(ctx, ctx.teacher())
         return finetune(ctx, recipe=CALIBRATE)

@@ -29,7 +29,7 @@ from edgeft.compress.data import ImageDataset, build_transform
 from edgeft.compress.generative.pack import Pack, load_pack
 from edgeft.compress.generative.vqgan import rerepresent_images
 from edgeft.compress.methods.aft import check_choice, holdout_split
-from edgeft.compress.methods.base import METHODS, Method, Recipe, TransferContext
+from edgeft.compress.methods.base import Method, Recipe, TransferContext
 from edgeft.compress.methods.common import cache_key, evaluate, features_of, set_classifier, train_linear_head
 from edgeft.compress.train import Stage
 from edgeft.errors import ConfigError, EdgeftError
@@ -92,10 +92,7 @@ def teacher_spec_from_run(run_dir: str) -> models.ModelSpec:
                             tuple(card.mean), tuple(card.std), card.input_size[-1])
 
 
-@METHODS.register("irf")
 class ImageRerepresentationFineTuning(Method):
-    summary = "OTA's IRF: head trained on VQGAN re-represented images (frozen backbone), then all layers on the originals"
-
     def fit(self, ctx: TransferContext) -> nn.Module:
         cfg = ctx.config
         deliver_mode = check_choice(cfg.deliver_data, DELIVER_MODES, "--deliver-data")

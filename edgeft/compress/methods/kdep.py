@@ -33,7 +33,7 @@ from edgeft.compress import kernels as fused
 from edgeft.compress import losses
 from edgeft.compress.data import IMAGE_EXTENSIONS, ImageDataset, ImageStore, Sample, build_transform, make_loader
 from edgeft.compress.methods.aft import check_choice
-from edgeft.compress.methods.base import METHODS, Method, Recipe, TransferContext
+from edgeft.compress.methods.base import Method, Recipe, TransferContext
 from edgeft.compress.methods.baselines import finetune
 from edgeft.compress.methods.common import EVAL_BATCH, cache_key
 from edgeft.compress.taps import PreActivation
@@ -123,11 +123,7 @@ def _distillation_images(ctx: TransferContext) -> ImageDataset:
     return unlabeled_images(unlabeled, ctx.image_size)
 
 
-@METHODS.register("kdep")
 class DistillationAsPretraining(Method):
-    summary = "KDEP: distil pre-ReLU teacher features (SVD + PTS) into the student on unlabeled images, then fine-tune"
-    needs_teacher = True
-
     def fit(self, ctx: TransferContext) -> nn.Module:
         cfg = ctx.config
         align = check_choice(cfg.align, ALIGNS, "--align")

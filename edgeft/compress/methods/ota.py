@@ -17,17 +17,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from edgeft.compress.methods.base import METHODS, Method, TransferContext
+from edgeft.compress.methods.base import Method, TransferContext
 from edgeft.compress.methods.baselines import finetune
 from edgeft.compress.methods.digg import digg_distill
 from edgeft.compress.methods.irf import CALIBRATE, ImageRerepresentationFineTuning
 
 
-@METHODS.register("ota", aliases=("irf-digg",))
 class OneToTransferAll(Method):
-    summary = "OTA: IRF-adapt the teacher, distil it on DIGG images (--pack with transformer), fine-tune the student"
-    needs_teacher = True
-
     def fit(self, ctx: TransferContext) -> nn.Module:
         student, spec = ctx.student, ctx.student_spec
         try:  # IRF adapts the first teacher in place of ctx.student (it is its own run's model)
@@ -38,11 +34,7 @@ class OneToTransferAll(Method):
         return finetune(ctx, recipe=CALIBRATE)
 
 
-@METHODS.register("digg-irf")
 class DiggThenIrf(Method):
-    summary = "DIGG-IRF (low-resource OTA): distil the un-adapted teacher on DIGG images, then IRF on the student"
-    needs_teacher = True
-
     def fit(self, ctx: TransferContext) -> nn.Module:
         digg_distill(ctx, ctx.teacher())
         specs, ctx.teacher_specs = ctx.teacher_specs, []
