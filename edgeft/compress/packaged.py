@@ -64,7 +64,7 @@ def lite_to_timm(state: dict[str, torch.Tensor], model: nn.Module, flag: str) ->
 
     The flat block index `_blocks.i` is the i-th block of timm's `blocks.<stage>.<j>` in order;
     inside a block each tensor is mapped by its name. Raises WeightsError when a name has no
-    counterpart or a shape differs.
+    counterpart or a backbone shape differs (a classifier of another width is the caller's to drop).
     """
     own = model.state_dict()
     block_names = [f"blocks.{s}.{j}" for s, stage in enumerate(model.blocks) for j in range(len(stage))]
@@ -73,7 +73,7 @@ def lite_to_timm(state: dict[str, torch.Tensor], model: nn.Module, flag: str) ->
         target = _rename(key, state, block_names)
         if target is None:
             raise WeightsError(f"{flag}: tensor {key!r} has no place in {type(model).__name__}; check the model name")
-        if target in own and own[target].shape != value.shape:
+        if target in own and own[target].shape != value.shape and not target.startswith("classifier."):
             raise WeightsError(f"{flag}: {key!r} has shape {tuple(value.shape)} but {target!r} needs "
                                f"{tuple(own[target].shape)}; these weights are for another EfficientNet-Lite")
         converted[target] = value

@@ -91,3 +91,12 @@ def test_teacher_sees_its_own_resolution():
     student.model.conv_stem.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[-1]))
     student(torch.rand(1, 3, 32, 32))
     assert seen == [224, 32]
+
+
+def test_a_new_head_replaces_the_imagenet_classifier(tmp_path):
+    layout = package_layout(timm.create_model("tf_efficientnet_lite0", pretrained=False))
+    path = tmp_path / "lite0.pth"
+    torch.save({k: t for k, (_, t) in layout.items()}, path)
+    model = models.create(models.resolve("tf_efficientnet_lite0", str(path), role="student"), 5, role="student")
+    stem = next(t for k, (timm_key, t) in layout.items() if timm_key == "conv_stem.weight")
+    assert model.model.classifier.out_features == 5 and torch.equal(model.model.conv_stem.weight, stem)
