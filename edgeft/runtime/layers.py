@@ -22,13 +22,15 @@ log = logging.getLogger(__name__)
 MODULES_KEY = "edgeft.modules"
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 # What runtimes and the QDQ quantizer add to the node or tensor name a kernel is profiled under
-# (ORT: layout pass `_nchwc`, copies `_token_N`, fp16 fallback `InsertedPrecisionFreeCast_`;
-# OpenVINO: a Conv split from its bias `/WithoutBiases`).
-ADDED = re.compile(r"^(InsertedPrecisionFreeCast_)+|(_nchwc|_token_\d+|_QuantizeLinear|_DequantizeLinear|/WithoutBiases)+$")
+# (ORT: layout pass `_nchwc`, copies `_token_N`, fp16 fallback `InsertedPrecisionFreeCast_`; QDQ: `_bias`;
+# OpenVINO: a Conv split from its bias `/WithoutBiases`, INT8 rescaling `/DequantizationMultiply`).
+SUFFIXES = ("_nchwc", r"_token_\d+", "_bias", "_QuantizeLinear", "_DequantizeLinear", "/duplicated", "/WithoutBiases",
+            "/DequantizationMultiply")
+ADDED = re.compile(rf"^(InsertedPrecisionFreeCast_)+|({'|'.join(SUFFIXES)})+$")
 
 
 def module_map(graph: Any) -> dict[str, str]:
-    """Node and output-tensor names of an ONNX graph → module path of the PyTorch layer that made them.
+    """Node, output-tensor and parameter names of an ONNX graph → module path of the PyTorch layer that made them.
 
     An activation or batch norm that runtimes fuse into its producer (targets.graph.FUSED)
     gives its output tensor the producer's module, so a fused Conv+ReLU kernel named after
@@ -37,7 +39,8 @@ def module_map(graph: Any) -> dict[str, str]:
     keeps the Conv's name, where its name scope is the BatchNorm's.
     """
     weights = {t.name for t in graph.initializer}
-    paths: dict[str, str] = {}
+    # a parameter's own name too: INT8 engines run its DequantizeLinear as a kernel
+    paths = {name: name.rsplit(".", 1)[0] for name in weights if name.endswith((".weight", ".bias"))}
     for node in graph.node:
         param = next((i for i in node.input[1:] if i in weights and i.endswith(".weight")), None)
         own = param[: -len(".weight")] if param else _scope_path(node)

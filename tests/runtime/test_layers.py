@@ -57,8 +57,9 @@ def test_torchscript_node_names_give_module_paths() -> None:
          helper.make_node("Relu", ["c"], ["r"], name="/layer1/layer1.0/relu/Relu"),
          helper.make_node("Gemm", ["r", "w2"], ["y"], name="/head/fc/Gemm"),
          helper.make_node("Identity", ["y"], ["z"], name="Identity_7")],
-        "g", [], [])
+        "g", [], [], [helper.make_tensor("layer1.0.conv1.weight", onnx.TensorProto.FLOAT, [1], [1.0])])
     paths = module_map(graph)
+    assert paths["layer1.0.conv1.weight"] == "layer1.0.conv1"
     assert paths["/layer1/layer1.0/conv1/Conv"] == "layer1.0.conv1" and paths["/head/fc/Gemm"] == "head.fc"
     assert paths["r"] == "layer1.0.conv1"  # a ReLU's output belongs to the Conv it is fused into
     assert "Identity_7" not in paths
@@ -69,6 +70,8 @@ def test_runtime_suffixes_are_stripped_and_unknown_kernels_keep_their_name() -> 
     assert module_of("relu_3_nchwc", modules) == "layer1.0.conv1"
     assert module_of("InsertedPrecisionFreeCast_relu_3_nchwc", modules) == "layer1.0.conv1"
     assert module_of("node_Conv_9_token_12", modules) == module_of("node_Conv_9/WithoutBiases", modules) == "fc"
+    assert module_of("relu_3_QuantizeLinear", modules) == module_of("relu_3_DequantizeLinear/duplicated", modules)
     assert module_of("relu_3_QuantizeLinear", modules) == "layer1.0.conv1"
+    assert module_of("fc.weight_bias_DequantizeLinear", {"fc.weight": "fc"}) == "fc"
     rows = with_modules([{"name": "ReorderOutput", "op": "ReorderOutput", "ms": 0.1}], modules)
     assert rows == [{"name": "ReorderOutput", "op": "ReorderOutput", "ms": 0.1, "module": None}]
