@@ -140,8 +140,8 @@ def training_curves(metrics: list[dict]) -> dict[str, list[Curve]]:
         teacher = stage.startswith(TEACHER_STAGE)
         start = 0 if teacher else offset
         x = [start + i for i in range(1, len(rows) + 1)]
-        curves["teacher" if teacher else "student"].append(
-            Curve(stage, x, [r["loss"] for r in rows], [r.get("train_acc") for r in rows], [r.get("val_acc") for r in rows]))
+        curves["teacher" if teacher else "student"].append(Curve(
+            stage, x, [r["loss"] for r in rows], [r.get("train_acc") for r in rows], [r.get("val_acc") for r in rows]))
         offset = offset if teacher else x[-1]
     return curves
 
@@ -156,7 +156,8 @@ def plot_training(metrics: list[dict]) -> bytes | None:
 
     panels = [("student", "loss"), ("student", "top-1")] if curves["student"] else []
     panels += [("teacher", "top-1")] if curves["teacher"] else []
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    # <= 9.8 in at 110 dpi: the page shows figures at most 1000 px wide, so they are never scaled down
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.4), squeeze=False)
     colours = iter(plt.cm.tab10.colors)
     colour = {c.stage: next(colours) for c in curves["student"] + curves["teacher"]}
     for ax, (who, what) in zip(axes[0], panels):
@@ -179,7 +180,7 @@ def plot_training(metrics: list[dict]) -> bytes | None:
         if what == "top-1":
             ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
         title = {("student", "loss"): "student: training loss", ("student", "top-1"): "student: accuracy",
-                 ("teacher", "top-1"): "teacher probe (reference, frozen teacher)"}[(who, what)]
+                 ("teacher", "top-1"): "teacher probe (frozen teacher)"}[(who, what)]
         ax.set_title(title, pad=14 if who == "student" else 6)
         ax.set_ylabel(what)
         ax.legend(fontsize=7, loc="best")
@@ -194,8 +195,9 @@ MARKERS = {"onnx": "o", "openvino": "s", "tensorrt": "^", "torch": "D"}
 def plot_tradeoff(rows: list[dict]) -> bytes | None:
     """Accuracy vs batch-1 p50 latency per target × engine × precision, with each target's Pareto front.
 
-    Points are named in the legend, not beside them (close points would overprint);
-    filled = measured, hollow = estimated; rings mark the points on the front.
+    Points are named in the legend, not beside them (close points would overprint), and
+    drawn translucent so that coinciding ones show; filled = measured, hollow = estimated;
+    rings mark the points on the front.
     """
     points = [r for r in rows if isinstance(r["_p50"], (int, float)) and isinstance(r["_accuracy"], (int, float))]
     if not points:
@@ -203,12 +205,12 @@ def plot_tradeoff(rows: list[dict]) -> bytes | None:
     plt = _pyplot()
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
 
-    fig, ax = plt.subplots(figsize=(9.5, 4.8))
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))  # + the legend beside it: <= 9.8 in
     colours = plt.cm.tab20.colors if len(points) > 10 else plt.cm.tab10.colors
     for i, r in enumerate(points):
         colour, measured = colours[i % len(colours)], r["how"] == "measured"
         ax.scatter(r["_p50"], r["_accuracy"], s=52, marker=MARKERS.get(r["engine"].split(" ")[0], "o"),
-                   color=colour if measured else "none", edgecolors=colour, linewidths=1.6, zorder=3,
+                   color=colour if measured else "none", edgecolors=colour, linewidths=1.6, zorder=3, alpha=0.8,
                    label=f"{r['target']} · {r['engine']} {r['precision']}" + ("" if measured else " (estimated)"))
     right = max(r["_p50"] for r in points) * 1.5
     targets = list(dict.fromkeys(r["target"] for r in points))
@@ -242,7 +244,8 @@ def layer_bars(record: dict) -> list[tuple[str, float]]:
     totals: dict[str, float] = {}
     for layer in record.get("layers") or []:
         op = layer.get("op", "").split("/")[0]
-        label = f"{layer['module']} · {op}" if layer.get("module") else f"{layer['name'][-38:]} ({op})"
+        name = layer["name"] if len(layer["name"]) <= 38 else "…" + layer["name"][-37:]
+        label = f"{layer['module']} · {op}" if layer.get("module") else f"{name} ({op})"
         totals[label] = totals.get(label, 0.0) + layer["ms"]
     return sorted(totals.items(), key=lambda item: -item[1])[:TOP_LAYERS]
 
@@ -253,7 +256,7 @@ def plot_layers(record: dict) -> bytes | None:
     if not bars:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 0.28 * len(bars) + 1.2))
+    fig, ax = plt.subplots(figsize=(6.4, 0.28 * len(bars) + 1.2))
     names, ms = zip(*bars[::-1])
     ax.barh(names, ms, color="#4c72b0")
     ax.set(xlabel="ms per run (median)", title=f"slowest layers: {record.get('target')} {record.get('backend')} "
