@@ -110,68 +110,157 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
+TEACHER_STAGE = "teacher"  # stages named teacher-* train on the teacher (its probe): a reference, not the student
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One training stage's per-epoch figures, at x positions on the run's epoch axis."""
+
+    stage: str
+    x: list[int]
+    loss: list[float]
+    train_acc: list[float | None]
+    val_acc: list[float | None]
+
+
+def training_curves(metrics: list[dict]) -> dict[str, list[Curve]]:
+    """metrics.jsonl rows → one Curve per stage, student stages and teacher stages apart.
+
+    Student stages run one after another on the same model, so they share one epoch axis,
+    each stage starting where the previous ended; each teacher stage starts at epoch 1.
+    """
+    stages: dict[str, list[dict]] = {}
+    for row in metrics:
+        if "loss" in row:
+            stages.setdefault(str(row.get("stage") or "train"), []).append(row)
+    curves: dict[str, list[Curve]] = {"student": [], "teacher": []}
+    offset = 0
+    for stage, rows in stages.items():
+        teacher = stage.startswith(TEACHER_STAGE)
+        start = 0 if teacher else offset
+        x = [start + i for i in range(1, len(rows) + 1)]
+        curves["teacher" if teacher else "student"].append(Curve(
+            stage, x, [r["loss"] for r in rows], [r.get("train_acc") for r in rows], [r.get("val_acc") for r in rows]))
+        offset = offset if teacher else x[-1]
+    return curves
+
+
 def plot_training(metrics: list[dict]) -> bytes | None:
-    """Loss and accuracy per epoch across the run's stages."""
-    rows = [m for m in metrics if "loss" in m]
-    if not rows:
+    """Loss and accuracy per epoch, one colour per stage; the teacher's probe in its own panel."""
+    curves = training_curves(metrics)
+    if not curves["student"] and not curves["teacher"]:
         return None
     plt = _pyplot()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.4))
-    x = list(range(1, len(rows) + 1))
-    ax_loss.plot(x, [m["loss"] for m in rows], marker="o", ms=3)
-    ax_loss.set(title="training loss", xlabel="epoch (all stages)", ylabel="loss")
-    for key, label in (("train_acc", "train"), ("val_acc", "validation")):
-        pts = [(i, m[key]) for i, m in zip(x, rows) if m.get(key) is not None]
-        if pts:
-            ax_acc.plot(*zip(*pts), marker="o", ms=3, label=label)
-    ax_acc.set(title="accuracy", xlabel="epoch (all stages)", ylabel="top-1")
-    ax_acc.legend(loc="lower right")
-    for ax in (ax_loss, ax_acc):
-        for i in range(1, len(rows)):
-            if rows[i].get("stage") != rows[i - 1].get("stage"):
-                ax.axvline(i + 0.5, color="grey", ls=":", lw=1)
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    panels = [("student", "loss"), ("student", "top-1")] if curves["student"] else []
+    panels += [("teacher", "top-1")] if curves["teacher"] else []
+    # <= 9.8 in at 110 dpi: the page shows figures at most 1000 px wide, so they are never scaled down
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.4), squeeze=False)
+    colours = iter(plt.cm.tab10.colors)
+    colour = {c.stage: next(colours) for c in curves["student"] + curves["teacher"]}
+    for ax, (who, what) in zip(axes[0], panels):
+        for c in curves[who]:
+            if what == "loss":
+                ax.plot(c.x, c.loss, marker="o", ms=3, color=colour[c.stage], label=c.stage)
+            for values, style, kind in ((c.val_acc, "-", "validation"), (c.train_acc, "--", "train")):
+                pts = [(x, v) for x, v in zip(c.x, values) if v is not None]
+                if what == "top-1" and pts:
+                    ax.plot(*zip(*pts), ls=style, marker="o" if kind == "validation" else None, ms=3,
+                            color=colour[c.stage], label=f"{c.stage} ({kind})")
+        if who == "student":
+            for n, c in enumerate(curves["student"]):  # each stage's span: boundary and name on top
+                if n:
+                    ax.axvline(c.x[0] - 0.5, color="grey", ls=":", lw=1)
+                ax.text((c.x[0] + c.x[-1]) / 2, 1.01, c.stage, transform=ax.get_xaxis_transform(), ha="center",
+                        va="bottom", fontsize=7, color=colour[c.stage])
+        ax.set_xlabel("epoch (student stages in order)" if who == "student" else "epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if what == "top-1":
+            ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+        title = {("student", "loss"): "student: training loss", ("student", "top-1"): "student: accuracy",
+                 ("teacher", "top-1"): "teacher probe (frozen teacher)"}[(who, what)]
+        ax.set_title(title, pad=14 if who == "student" else 6)
+        ax.set_ylabel(what)
+        ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3)
+    fig.tight_layout()
     return _png(fig)
 
 
+MARKERS = {"onnx": "o", "openvino": "s", "tensorrt": "^", "torch": "D"}
+
+
 def plot_tradeoff(rows: list[dict]) -> bytes | None:
-    """Accuracy vs p50 latency per engine × precision × target; filled = measured, hollow = estimated."""
+    """Accuracy vs batch-1 p50 latency per target × engine × precision, with each target's Pareto front.
+
+    Points are named in the legend, not beside them (close points would overprint), and
+    drawn translucent so that coinciding ones show; filled = measured, hollow = estimated;
+    rings mark the points on the front.
+    """
     points = [r for r in rows if isinstance(r["_p50"], (int, float)) and isinstance(r["_accuracy"], (int, float))]
     if not points:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    targets = sorted({r["target"] for r in points})
-    colours = dict(zip(targets, plt.cm.tab10.colors))
-    for r in points:
-        measured = r["how"] == "measured"
-        ax.scatter(r["_p50"], r["_accuracy"], s=46, color=colours[r["target"]] if measured else "none",
-                   edgecolors=colours[r["target"]], linewidths=1.5, zorder=3)
-        ax.annotate(f"{r['engine']} {r['precision']}", (r["_p50"], r["_accuracy"]), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
-    front = pareto([(r["_p50"], r["_accuracy"]) for r in points])
-    ax.step(*zip(*front), where="post", color="black", lw=1, ls="--", label="Pareto front", zorder=2)
-    for t in targets:
-        ax.scatter([], [], color=colours[t], label=t)
-    ax.scatter([], [], color="none", edgecolors="grey", label="hollow: estimated")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
+
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))  # + the legend beside it: <= 9.8 in
+    colours = plt.cm.tab20.colors if len(points) > 10 else plt.cm.tab10.colors
+    for i, r in enumerate(points):
+        colour, measured = colours[i % len(colours)], r["how"] == "measured"
+        ax.scatter(r["_p50"], r["_accuracy"], s=52, marker=MARKERS.get(r["engine"].split(" ")[0], "o"),
+                   color=colour if measured else "none", edgecolors=colour, linewidths=1.6, zorder=3, alpha=0.8,
+                   label=f"{r['target']} · {r['engine']} {r['precision']}" + ("" if measured else " (estimated)"))
+    right = max(r["_p50"] for r in points) * 1.5
+    targets = list(dict.fromkeys(r["target"] for r in points))
+    for target, style in zip(targets, ["--", ":", "-.", (0, (5, 1, 1, 1))] * len(targets)):
+        front = pareto([(r["_p50"], r["_accuracy"]) for r in points if r["target"] == target])
+        xs, ys = zip(*(front + [(right, front[-1][1])]))  # the best accuracy holds at any higher latency
+        ax.step(xs, ys, where="post", color="black", lw=1.1, ls=style, zorder=2, label=f"Pareto front: {target}")
+        ax.scatter(*zip(*front), s=170, facecolors="none", edgecolors="black", linewidths=0.8, zorder=2)
+    left = min(r["_p50"] for r in points) / 1.5
     ax.set_xscale("log")
+    ax.set_xlim(left, right)
+    # 0.5 1 2 5 10 … over a wide range, every integer step over a narrow one: labels never collide
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if right / left >= 4 else range(1, 10)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     ax.set(xlabel="p50 latency, batch 1 (ms, log scale)", ylabel="top-1 accuracy", title="accuracy vs latency")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3, which="major")
+    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+              title="filled: measured, hollow: estimated", title_fontsize=7.5)
     return _png(fig)
 
 
+def layer_bars(record: dict) -> list[tuple[str, float]]:
+    """The slowest layers of a profile record as (label, ms), slowest first.
+
+    A label is the PyTorch module path with the kernel's op (`layer1.0.conv1 · Conv`) where
+    the engine's map knows it (edgeft.runtime.layers), else the runtime's own node name;
+    kernels of one module and op (e.g. split by the runtime) are summed.
+    """
+    totals: dict[str, float] = {}
+    for layer in record.get("layers") or []:
+        op = layer.get("op", "").split("/")[0]
+        name = layer["name"] if len(layer["name"]) <= 38 else "…" + layer["name"][-37:]
+        label = f"{layer['module']} · {op}" if layer.get("module") else f"{name} ({op})"
+        totals[label] = totals.get(label, 0.0) + layer["ms"]
+    return sorted(totals.items(), key=lambda item: -item[1])[:TOP_LAYERS]
+
+
 def plot_layers(record: dict) -> bytes | None:
-    """The slowest layers of one profile record as horizontal bars."""
-    layers = sorted(record.get("layers") or [], key=lambda layer: -layer["ms"])[:TOP_LAYERS]
-    if not layers:
+    """The slowest layers of one measured profile record as horizontal bars."""
+    bars = layer_bars(record)
+    if not bars:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 0.28 * len(layers) + 1.2))
-    names = [f"{layer['name'][-38:]} ({layer['op'].split('/')[0]})" for layer in layers][::-1]
-    ax.barh(names, [layer["ms"] for layer in layers][::-1], color="#4c72b0" if record.get("label") == "measured" else "#dd8452")
+    fig, ax = plt.subplots(figsize=(6.4, 0.28 * len(bars) + 1.2))
+    names, ms = zip(*bars[::-1])
+    ax.barh(names, ms, color="#4c72b0")
     ax.set(xlabel="ms per run (median)", title=f"slowest layers: {record.get('target')} {record.get('backend')} "
-                                               f"{record.get('precision') or ''} ({record.get('label')})")
+                                               f"{record.get('precision') or ''} (measured)")
     ax.tick_params(axis="y", labelsize=7)
     ax.grid(alpha=0.3, axis="x")
     return _png(fig)
@@ -187,12 +276,13 @@ def build_report(run_dir: str | Path) -> Report:
     report.rows = summary_rows(records)
     figures = {"Training curves": plot_training(artifacts.read_jsonl(run.metrics)),
                "Accuracy vs latency": plot_tradeoff(report.rows)}
-    for label in ("measured", "estimated"):  # the fastest engine of each kind: the one a user would deploy
-        with_layers = [r for r in records if r.get("label") == label and r.get("layers")
-                       and (r.get("precision_check") or {}).get("kept") is not False]
-        if with_layers:
-            fastest = min(with_layers, key=lambda r: r.get("latency_ms", {}).get("p50") or float("inf"))
-            figures[f"Per-layer time ({label}, {fastest.get('target')})"] = plot_layers(fastest)
+    # The fastest measured engine: the one a user would deploy. Estimated records get no chart:
+    # their engine was never built, so it has no layers to time.
+    with_layers = [r for r in records if r.get("label") == "measured" and r.get("layers")
+                   and (r.get("precision_check") or {}).get("kept") is not False]
+    if with_layers:
+        fastest = min(with_layers, key=lambda r: r.get("latency_ms", {}).get("p50") or float("inf"))
+        figures[f"Per-layer time (measured, {fastest.get('target')})"] = plot_layers(fastest)
     report.figures = {k: v for k, v in figures.items() if v}
     return report
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from edgeft.cli import cli
 from edgeft.errors import EdgeftError
-from edgeft.report import build_report, pareto, write_report
+from edgeft.report import build_report, layer_bars, pareto, training_curves, write_report
 
 
 def fake_run(root: Path) -> Path:
@@ -41,15 +41,45 @@ def test_pareto_front_keeps_only_undominated_points() -> None:
     points = [(4.0, 0.85), (2.0, 0.84), (5.0, 0.80), (1.5, 0.85), (3.0, 0.83)]
     assert pareto(points) == [(1.5, 0.85)]
     assert pareto([(1, 0.5), (2, 0.7), (3, 0.6), (4, 0.9)]) == [(1, 0.5), (2, 0.7), (4, 0.9)]
+    # a tie in accuracy: only the faster one; a tie in latency: only the more accurate one
+    assert pareto([(2, 0.8), (1, 0.8), (1, 0.7), (3, 0.9)]) == [(1, 0.8), (3, 0.9)]
+
+
+def test_training_curves_are_per_stage_with_the_teacher_apart() -> None:
+    rows = ([{"stage": "probe", "epoch": e, "loss": 1.0, "val_acc": 0.5} for e in (1, 2)]
+            + [{"stage": "teacher-probe", "epoch": e, "loss": 0.5, "train_acc": 0.7} for e in (1, 2, 3)]
+            + [{"stage": "finetune", "epoch": e, "loss": 0.8, "val_acc": 0.6} for e in (1, 2, 3)]
+            + [{"stage": "finetune", "summary": True}])  # rows without a loss are not epochs
+    curves = training_curves(rows)
+    assert [(c.stage, c.x) for c in curves["student"]] == [("probe", [1, 2]), ("finetune", [3, 4, 5])]
+    assert [(c.stage, c.x) for c in curves["teacher"]] == [("teacher-probe", [1, 2, 3])]
+    assert curves["teacher"][0].val_acc == [None] * 3 and curves["student"][1].val_acc == [0.6] * 3
+
+
+def test_layer_bars_name_modules_and_sum_their_kernels() -> None:
+    record = {"layers": [{"name": "relu_nchwc", "op": "Conv", "ms": 0.2, "module": "stem.conv"},
+                         {"name": "relu_token_3", "op": "Conv", "ms": 0.1, "module": "stem.conv"},
+                         {"name": "node_linear", "op": "Gemm", "ms": 0.25, "module": "head"},
+                         {"name": "ReorderOutput", "op": "ReorderOutput", "ms": 0.05, "module": None}]}
+    bars = layer_bars(record)
+    assert [name for name, _ in bars] == ["stem.conv · Conv", "head · Gemm", "ReorderOutput (ReorderOutput)"]
+    assert bars[0][1] == pytest.approx(0.3)
+
+
+def test_no_per_layer_chart_for_an_engine_that_was_only_estimated(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "run")
+    (run / "profiles" / "host.json").unlink()
+    report = build_report(run)
+    assert report.rows and all(r["how"] == "estimated" for r in report.rows)
+    assert not [title for title in report.figures if title.startswith("Per-layer")]
 
 
 def test_report_has_rows_figures_and_a_self_contained_html(tmp_path: Path) -> None:
     report = write_report(fake_run(tmp_path / "run"))
     assert [r["how"] for r in report.rows] == ["measured"] * 3 + ["estimated"]  # host first
-    assert set(report.figures) == {"Training curves", "Accuracy vs latency", "Per-layer time (measured, host)",
-                                   "Per-layer time (estimated, jetson-orin-nano-8gb)"}
+    assert set(report.figures) == {"Training curves", "Accuracy vs latency", "Per-layer time (measured, host)"}
     html = report.html.read_text()
-    assert html.count("data:image/png;base64,") == 4 and "src='report/" not in html and "http" not in html
+    assert html.count("data:image/png;base64,") == 3 and "src='report/" not in html and "http" not in html
     png = base64.b64decode(html.split("data:image/png;base64,")[1].split("'")[0])
     assert png.startswith(b"\x89PNG")
     md = report.markdown.read_text()

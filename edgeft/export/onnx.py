@@ -24,6 +24,7 @@ from edgeft.export.base import (EXPORTERS, INPUT_NAME, OUTPUT_NAME, BatchShape, 
                                 library_version)
 from edgeft.export.int8_guard import quantize_onnx_bounded
 from edgeft.export.validate import Runner, fit_batch
+from edgeft.runtime.layers import MODULES_KEY, module_map
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ def export_onnx(model: torch.nn.Module, card: StudentCard, path: Path, batch: Ba
         )
     except Exception as exc:  # noqa: BLE001 - any tracing failure is the same user-facing problem
         raise EdgeftError(f"cannot export the student '{card.arch}' to ONNX ({export_failure(exc)})") from None
-    return save_onnx(simplify(program.model_proto), card, path)
+    modules = module_map(program.model_proto.graph)  # before onnxslim, which drops node metadata
+    return save_onnx(simplify(program.model_proto), card, path, {MODULES_KEY: json.dumps(modules)})
 
 
 def export_failure(exc: BaseException) -> str:
@@ -69,12 +71,12 @@ def simplify(model):
     return onnxslim.slim(model)
 
 
-def save_onnx(model, card: StudentCard, path: Path) -> Path:
-    """Stamps the student card into the metadata, checks the model and saves it atomically."""
+def save_onnx(model, card: StudentCard, path: Path, extra: dict[str, str] | None = None) -> Path:
+    """Stamps the student card (and `extra` metadata) into the model, checks it and saves it atomically."""
     import onnx
 
     props = {p.key: p.value for p in model.metadata_props}
-    props.update({CARD_KEY: json.dumps(card.to_json()), INPUT_KEY: INPUT_DOC})
+    props.update({CARD_KEY: json.dumps(card.to_json()), INPUT_KEY: INPUT_DOC, **(extra or {})})
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
@@ -111,7 +113,8 @@ def onnx_variant(job: ExportJob, precision: str) -> Path:
         path = job.workdir / f"model-{precision}.onnx"
         if precision == "fp32":
             if job.onnx_source is not None:
-                save_onnx(with_batch(load_onnx(job.onnx_source, job.card), job.batch), job.card, path)
+                given = with_batch(load_onnx(job.onnx_source, job.card), job.batch)
+                save_onnx(given, job.card, path, {MODULES_KEY: json.dumps(module_map(given.graph))})
             else:
                 export_onnx(job.model, job.card, path, job.batch, job.opset or OPSET)
             job.opset = onnx_opset(_load(path))  # what the file has (the exporter may not convert down)

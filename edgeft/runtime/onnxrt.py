@@ -10,6 +10,7 @@ import numpy as np
 
 from edgeft.errors import EdgeftError
 from edgeft.runtime.base import DTYPES, Engine, InputSpec, as_floats, card_from_metadata, median_by_layer
+from edgeft.runtime.layers import parse_modules, with_modules
 
 
 GPU_PROVIDERS = ("CUDAExecutionProvider",)
@@ -27,8 +28,9 @@ class OrtEngine(Engine):
     def open(self) -> None:
         self._session = self._new_session(profile_dir=None)
         first = self._session.get_inputs()[0]
-        meta = card_from_metadata(self._session.get_modelmeta().custom_metadata_map)
-        self._meta = meta
+        custom = self._session.get_modelmeta().custom_metadata_map
+        meta = card_from_metadata(custom)
+        self._meta, self._modules = meta, parse_modules(custom)
         shape = tuple(d if isinstance(d, int) else None for d in first.shape)
         self._spec = InputSpec(first.name, shape, DTYPES.get(first.type, "float32"),
                                as_floats(meta.get("mean")), as_floats(meta.get("std")))
@@ -70,7 +72,7 @@ class OrtEngine(Engine):
         return self._meta.get("precision") or super().precision() or ("fp16" if self._spec.dtype == "float16" else None)
 
     def layer_times(self, batch: np.ndarray, runs: int) -> list[dict] | None:
-        """Runs a second, profiling session; drops each node's first (warm-up) event."""
+        """Runs a second, profiling session; drops each node's first (warm-up) event; names modules."""
         with tempfile.TemporaryDirectory(prefix="edgeft-ort-") as tmp:
             session = self._new_session(profile_dir=tmp)
             for _ in range(runs + 1):
@@ -83,7 +85,7 @@ class OrtEngine(Engine):
                 node = name[: -len("_kernel_time")]
                 per_node.setdefault(node, []).append((node, event.get("args", {}).get("op_name", ""), event["dur"] / 1e3))
         by_run = [[events[i] for events in per_node.values() if i < len(events)] for i in range(1, runs + 1)]
-        return median_by_layer(by_run)
+        return with_modules(median_by_layer(by_run), self._modules)
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "providers": self._session.get_providers() if self._session else None}

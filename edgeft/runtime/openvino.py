@@ -7,6 +7,7 @@ import numpy as np
 
 from edgeft.errors import EdgeftError
 from edgeft.runtime.base import DTYPES, Engine, InputSpec, as_floats, card_from_metadata, median_by_layer
+from edgeft.runtime.layers import parse_modules, with_modules
 
 
 # The CPU plugin computes in bf16 by default where the CPU supports it; edgeft pins the
@@ -34,7 +35,8 @@ class OpenVinoEngine(Engine):
         self._request = self._compiled.create_infer_request()
         port = self._compiled.inputs[0]
         shape = tuple(None if d.is_dynamic else d.get_length() for d in port.get_partial_shape())
-        self._meta = card_from_metadata(_rt_strings(self._model.get_rt_info()))
+        rt_info = _rt_strings(self._model.get_rt_info())
+        self._meta, self._modules = card_from_metadata(rt_info), parse_modules(rt_info)
         self._spec = InputSpec(port.get_any_name(), shape, DTYPES.get(port.get_element_type().get_type_name(), "float32"),
                                as_floats(self._meta.get("mean")), as_floats(self._meta.get("std")))
 
@@ -62,7 +64,7 @@ class OpenVinoEngine(Engine):
         return self._meta.get("precision") or super().precision()
 
     def layer_times(self, batch: np.ndarray, runs: int) -> list[dict] | None:
-        """Performance counters of executed nodes; one warm-up run is dropped."""
+        """Performance counters of executed nodes; one warm-up run is dropped; names modules."""
         request = self._compile(profiling=True).create_infer_request()
         request.infer({0: batch})
         per_run = []
@@ -70,7 +72,7 @@ class OpenVinoEngine(Engine):
             request.infer({0: batch})
             per_run.append([(p.node_name, f"{p.node_type}/{p.exec_type}", p.real_time.total_seconds() * 1e3)
                             for p in request.get_profiling_info() if p.status.name == "EXECUTED"])
-        return median_by_layer(per_run)
+        return with_modules(median_by_layer(per_run), self._modules)
 
     def info(self) -> dict[str, Any]:
         info = super().info()
