@@ -5,8 +5,8 @@ p50/p90/p99, time to first inference, peak memory, img/s (edgeft.figures), what 
 covers (compute only, or end-to-end with preprocessing), threads, batch and versions, and
 whether the figures were measured (the host, or a device's agent) or estimated (everything
 else). Only an engine validated against PyTorch (a row of export.json, or the validated ONNX
-an estimate was made from) is ever recommended; refused precisions and estimates of engines
-not built here say so. Engines dropped as not faster (edgeft.precision_policy) are listed with
+an estimate was made from) is ever recommended; a refused precision is listed with its reason
+only, never with figures, and estimates of engines not built here say so. Engines dropped as not faster (edgeft.precision_policy) are listed with
 the reason and are never the recommended engine either.
 """
 from __future__ import annotations
@@ -105,6 +105,7 @@ def build_card(run_dir: str | Path, target: str) -> dict[str, Any]:
     records = sorted(records, key=lambda r: (r.get("format") != "torch", r.get("format") or "",
                                              rank.get(r.get("precision"), len(rank))))
     engines = [_engine(r, exports, refused) for r in records]
+    engines = [e for e in engines if not e["status"].startswith("refused")]  # listed under `refused` instead
     labels = {e["how"] for e in engines}
     how = labels.pop() if len(labels) == 1 else "measured and estimated"
     candidates = [e for e in engines if e["kept"] and e["validated"] and not e["reference"] and e["latency_ms"].get("p50")]
@@ -163,9 +164,7 @@ def _validated_cell(engine: dict) -> str:
     status = engine["status"]
     if status in ("validated", "reference"):
         return "yes" if status == "validated" else "reference"
-    if NOT_BUILT in status:
-        return f"ONNX only ({NOT_BUILT})"
-    return "**refused**" if status.startswith("refused") else "**no**"
+    return f"ONNX only ({NOT_BUILT})" if NOT_BUILT in status else "**no**"
 
 
 def _throughput_cells(engine: dict) -> tuple[str, str]:

@@ -136,8 +136,9 @@ def test_cards_recommend_only_validated_engines_and_say_what_was_not_built(tmp_p
     card = json.loads((run / "cards" / f"{target}.json").read_text())
     assert card["recommended"]["precision"] == "fp16"  # int8 is faster, but refused
     assert "estimate; engine not built here" in card["recommended"]["status"]
-    int8 = next(e for e in card["engines"] if e["precision"] == "int8")
-    assert not int8["validated"] and int8["status"] == f"refused: {reason}"
+    assert [e["precision"] for e in card["engines"]] == ["fp32", "fp16"]  # the refused int8 has no figures
+    assert card["refused"] == [{"format": "onnx", "precision": "int8", "reason": reason}]
     md = (run / "cards" / f"{target}.md").read_text()
     assert "tensorrt fp16 on tensorrt (fastest kept and validated, p50; estimate; engine not built here)" in md
-    assert "## Refused at export (never recommended)" in md and reason in md and "**refused**" in md
+    assert "## Refused at export (never recommended)" in md and f"- onnx int8: {reason}" in md
+    assert md.count("ONNX only (estimate; engine not built here)") == 2
