@@ -16,7 +16,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from edgeft.errors import EdgeftError
 from edgeft.export import export_run
 from edgeft.export.base import load_student
 from edgeft.export.quantize import normalise, read_split
