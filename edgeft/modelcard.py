@@ -21,6 +21,7 @@ from edgeft.errors import EdgeftError
 from edgeft.figures import AT_BATCH, BEST, DEFINITION, Throughput, batch_of, throughput
 from edgeft.precision_policy import ORDER, apply_policy, dropped
 from edgeft.targets import TARGETS, get_target
+from edgeft.validated import NOT_BUILT, Exports
 
 log = logging.getLogger(__name__)
 
@@ -31,32 +32,11 @@ ESTIMATED_NOTE = ("Estimated, not measured: a roofline over the ONNX graph again
                   "calibrated as each engine's `calibration` says. Accuracy is measured on the host (same engine "
                   "precision); latency is not. Measure with `edgeft profile RUN --target {target} --remote URL`.")
 DASH = "—"
-NOT_BUILT = "estimate; engine not built here"
 
 
-def validation(record: dict, exports: dict[tuple[str, str], dict], refused: dict[tuple[str, str], str]) -> tuple[dict, str]:
-    """The export.json row that validates a profile record's engine, and its status in words.
-
-    A measured engine is validated by its own row; an estimate by the row of its format and
-    precision, else by the validated ONNX of that precision it was estimated from. Without
-    one the status says why: refused (with export.json's reason) or never exported.
-    """
-    key = (record.get("format"), record.get("precision"))
-    if record.get("format") == "torch":
-        return {}, "reference"
-    row = exports.get(key) or next((r for r in exports.values() if r.get("path") == record.get("engine")
-                                    and r.get("precision") == record.get("precision")), None)
-    if row is None:
-        reason = refused.get(key) or refused.get(("onnx", key[1]))
-        return {}, f"refused: {reason}" if reason else "not validated: no engine of this precision was exported"
-    if record.get("label") == "estimated" or row.get("skipped"):
-        return row, f"validated ONNX graph; {NOT_BUILT}"
-    return row, "validated"
-
-
-def _engine(record: dict, exports: dict[tuple[str, str], dict], refused: dict[tuple[str, str], str]) -> dict[str, Any]:
+def _engine(record: dict, exports: Exports) -> dict[str, Any]:
     """One engine's figures on the target, joined with its export validation."""
-    exp, status = validation(record, exports, refused)
+    exp, status = exports.validation(record)
     lat = record.get("latency_ms") or {}
     measured = record.get("label") == "measured"
     accuracy, reference = record.get("accuracy"), exp.get("reference_accuracy")
@@ -97,15 +77,11 @@ def build_card(run_dir: str | Path, target: str) -> dict[str, Any]:
     records = artifacts.read_json(path).get("records", [])
     summary = artifacts.read_json(root / "summary.json") if (root / "summary.json").exists() else {}
     student = artifacts.read_json(root / "student" / "card.json") if (root / "student" / "card.json").exists() else {}
-    export_rows = artifacts.read_json(root / "export.json").get("engines", []) if (root / "export.json").exists() else []
-    exports = {(r.get("format"), r.get("precision")): r for r in export_rows}
-    manifest = artifacts.read_json(root / "export.json") if (root / "export.json").exists() else {}
-    refused = {(r.get("format"), r.get("precision")): r.get("reason", "") for r in manifest.get("refused", [])}
+    exports = Exports.read(root)
     rank = {p: i for i, p in enumerate(ORDER)}
     records = sorted(records, key=lambda r: (r.get("format") != "torch", r.get("format") or "",
                                              rank.get(r.get("precision"), len(rank))))
-    engines = [_engine(r, exports, refused) for r in records]
-    engines = [e for e in engines if not e["status"].startswith("refused")]  # listed under `refused` instead
+    engines = [_engine(r, exports) for r in records if not exports.is_refused(r)]  # refused: listed by reason
     labels = {e["how"] for e in engines}
     how = labels.pop() if len(labels) == 1 else "measured and estimated"
     candidates = [e for e in engines if e["kept"] and e["validated"] and not e["reference"] and e["latency_ms"].get("p50")]
@@ -129,9 +105,9 @@ def build_card(run_dir: str | Path, target: str) -> dict[str, Any]:
                                                                            "status")},
         "engines": engines,
         "dropped": [e["precision_check"]["reason"] for e in engines if not e["kept"]],
-        "refused": [{"format": f, "precision": p, "reason": why} for (f, p), why in refused.items()],
+        "refused": [{"format": f, "precision": p, "reason": why} for (f, p), why in exports.refused.items()],
         "covers": _covers(engines),
-        "versions": {"edgeft": _version(), "export": (export_rows[0].get("versions") if export_rows else None),
+        "versions": {"edgeft": _version(), "export": next((r.get("versions") for r in exports.rows.values()), None),
                      "runtimes": {f"{e['format']} {e['precision']}": e["runtime"] for e in engines},
                      "host": host},
         "notes": tgt.notes,

@@ -18,6 +18,7 @@ from edgeft import artifacts
 from edgeft.artifacts import RunDir
 from edgeft.errors import EdgeftError
 from edgeft.figures import AT_BATCH, BEST, DEFINITION, throughput
+from edgeft.validated import Exports
 
 
 COLUMNS = ("target", "engine", "precision", "how", "p50 ms", "p90 ms", "p99 ms", AT_BATCH, BEST, "top-1", "speed-up")
@@ -185,9 +186,9 @@ def build_report(run_dir: str | Path) -> Report:
     if not run.summary.exists():
         raise EdgeftError(f"{run.root}: no summary.json; run `edgeft compress --out {run.root}` first")
     report = Report(run.root, artifacts.read_json(run.summary))
-    manifest = run.root / "export.json"
-    report.refused = artifacts.read_json(manifest).get("refused", []) if manifest.exists() else []
-    records = profile_records(run)
+    exports = Exports.read(run.root)
+    report.refused = [{"format": f, "precision": p, "reason": why} for (f, p), why in exports.refused.items()]
+    records = [r for r in profile_records(run) if not exports.is_refused(r)]  # a refused precision: its reason only
     report.rows = summary_rows(records)
     figures = {"Training curves": plot_training(artifacts.read_jsonl(run.metrics)),
                "Accuracy vs latency": plot_tradeoff(report.rows)}

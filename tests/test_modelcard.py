@@ -142,3 +142,8 @@ def test_cards_recommend_only_validated_engines_and_say_what_was_not_built(tmp_p
     assert "tensorrt fp16 on tensorrt (fastest kept and validated, p50; estimate; engine not built here)" in md
     assert "## Refused at export (never recommended)" in md and f"- onnx int8: {reason}" in md
     assert md.count("ONNX only (estimate; engine not built here)") == 2
+    from edgeft.report import write_report
+
+    report = write_report(run)
+    assert [r["precision"] for r in report.rows if r["target"] == target] == ["fp32", "fp16"]
+    assert f"refused: onnx int8**: {reason}" in report.markdown.read_text()
