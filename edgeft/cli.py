@@ -13,7 +13,8 @@ from rich.text import Text
 
 from edgeft.errors import EdgeftError
 
-console = Console(stderr=True)
+# markup off: messages carry literal brackets (pip install 'edgeft[tensorrt]') that rich would eat
+console = Console(stderr=True, markup=False)
 
 
 class RichProgress:
@@ -102,7 +103,7 @@ class EdgeftGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EdgeftError as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            console.print(Text.assemble(("error:", "red"), f" {exc}"), highlight=False, soft_wrap=True)
             ctx.exit(exc.exit_code)
 
 
@@ -119,6 +120,8 @@ BATCH_PROFILE_HELP = ("Dynamic batch axis with this MIN,OPT,MAX profile (e.g. 1,
                       "optimisation profile; profiled at each point) [static batch 1].")
 MAX_DROP_HELP = ("INT8 may lose at most POINTS of accuracy on the held-out images: other calibrators, then the "
                  "most sensitive layers kept in float; INT8 is refused if the bound cannot hold [int8 tolerance: 2].")
+STRICT_HELP = ("Exit 4 when any format × precision is refused (default: exit 0 when each format has an "
+               "engine that passed; refused ones are listed with their reason).")
 FAIL_IF_HELP = ('CI gate: exit 3 when this holds for any engine, e.g. "top1_drop>1.0 or p99_ms>8" '
                 '(metrics: top1_drop, accuracy, agreement, size_mb, p50_ms, p90_ms, p99_ms, fps, first_inference_ms, peak_mb).')
 
@@ -214,8 +217,9 @@ _few_data_options = _options(FEW_DATA_OPTIONS)
 @click.option("--n-generated", type=int, help="digg, ota, digg-irf, kdep with digg:PACK: images to generate [10 per training image].")
 @_digg_options
 @click.option("--fail-if", "fail_if", help=FAIL_IF_HELP)
+@click.option("--strict", is_flag=True, help=STRICT_HELP)
 @click.pass_context
-def compress(ctx: click.Context, config_file: str | None, fail_if: str | None, **options: Any) -> None:
+def compress(ctx: click.Context, config_file: str | None, fail_if: str | None, strict: bool, **options: Any) -> None:
     """Transfer a teacher's knowledge into a small student with few labelled images."""
     from edgeft.config import CompressConfig, build_config
 
@@ -241,12 +245,15 @@ def compress(ctx: click.Context, config_file: str | None, fail_if: str | None, *
     if cfg.formats:
         from edgeft.export import BatchShape, export_run
 
-        _show_exports(export_run(cfg.out, cfg.formats, cfg.precisions, batch=BatchShape.parse(profile=cfg.batch_profile),
-                                 opset=checked.opset, max_drop=cfg.max_drop))
-    if cfg.target:
+        exported = export_run(cfg.out, cfg.formats, cfg.precisions, batch=BatchShape.parse(profile=cfg.batch_profile),
+                              opset=checked.opset, max_drop=cfg.max_drop)
+        _show_exports(exported)
+    if cfg.target:  # profile, report and cards cover the engines that passed
         from edgeft.deploy import profile_and_report
 
         _show_report(profile_and_report(cfg.out, cfg.target))
+    if cfg.formats:
+        exported.check(strict)
     if gate:
         from edgeft.gate import run_rows
 
@@ -386,34 +393,46 @@ def _prepare_export(cfg: Any) -> Any:
 @click.option("--max-drop", type=float, metavar="POINTS", help=MAX_DROP_HELP)
 @click.option("--batch-profile", help=BATCH_PROFILE_HELP)
 @click.option("--fail-if", "fail_if", help=FAIL_IF_HELP)
+@click.option("--strict", is_flag=True, help=STRICT_HELP)
 def export_command(run_dir: str, formats: str, precisions: str, calib: int, images: int, onnx_file: str | None,
-                   batch: int, max_drop: float | None, batch_profile: str | None, fail_if: str | None) -> None:
-    """Export a run's student to engines in RUN_DIR/engines/, each validated against PyTorch."""
+                   batch: int, max_drop: float | None, batch_profile: str | None, fail_if: str | None,
+                   strict: bool) -> None:
+    """Export a run's student to engines in RUN_DIR/engines/, each validated against PyTorch;
+    one that fails is refused (with its reason) and the others go on."""
     gate = _gate(fail_if, "export")  # before the torch import below: a typo fails in a second
     from edgeft.export import BatchShape, export_run
 
-    records = export_run(run_dir, _split(formats), _split(precisions), calib=calib, images=images, onnx=onnx_file,
-                         batch=BatchShape.parse(batch, batch_profile), max_drop=max_drop)
-    _show_exports(records)
+    result = export_run(run_dir, _split(formats), _split(precisions), calib=calib, images=images, onnx=onnx_file,
+                        batch=BatchShape.parse(batch, batch_profile), max_drop=max_drop)
+    _show_exports(result)
+    result.check(strict)
     if gate:
         from edgeft.gate import export_rows
 
-        _judge(gate, export_rows([r.to_json() for r in records]))
+        _judge(gate, export_rows([r.to_json() for r in result.records]))
 
 
-def _show_exports(records: list) -> None:
-    table = Table("engine (in engines/)", "MB", "top-1 agree", "max |Δ|", "accuracy", "PyTorch",
-                  title="edgeft export · each engine validated against PyTorch")
-    for r in records:
-        table.add_row(r.path.removeprefix("engines/"), f"{r.size_bytes / 1e6:.1f}", f"{r.top1_agreement:.2%}",
-                      f"{r.max_abs_diff:.1e}", f"{r.accuracy:.2%}", f"{r.reference_accuracy:.2%}")
-    Console().print(table)
+def _show_exports(result: Any) -> None:
+    """One table of every requested format × precision (passed, refused or skipped), then why, one line each."""
     from edgeft.export.int8_guard import describe
 
-    for r in records:
-        for line in (r.note, describe(r.quantization)):
-            if line:
-                Console().print(f"{r.format} {r.precision}: {line}", highlight=False, soft_wrap=True)
+    outcomes = result.outcomes()
+    reference = next((o["record"].reference_accuracy for o in outcomes if o["record"]), None)
+    table = Table("engine (in engines/)", "status", "MB", "agree", "max |Δ|", "accuracy",
+                  title="edgeft export · each engine validated against PyTorch"
+                        + (f" (accuracy {reference:.2%})" if reference is not None else ""))
+    for row in outcomes:
+        r = row["record"]
+        cells = ([r.path.removeprefix("engines/"), row["status"], f"{r.size_bytes / 1e6:.1f}", f"{r.top1_agreement:.2%}",
+                  f"{r.max_abs_diff:.1e}", f"{r.accuracy:.2%}"] if r else
+                 [f"{row['format']} {row['precision']}", row["status"], "", "", "", ""])
+        table.add_row(*cells, style={"refused": "red", "skipped": "yellow"}.get(row["status"]))
+    Console(markup=False).print(table)
+    lines = [f"{o['format']} {o['precision']} refused: {o['why']}" for o in outcomes if o["status"] == "refused"]
+    lines += [f"{r.format} {r.precision}: {line}" for r in result.records for line in (r.note, describe(r.quantization))
+              if line]
+    for line in lines:
+        Console(markup=False).print(line, highlight=False, soft_wrap=True)
 
 
 @cli.command()
@@ -427,7 +446,7 @@ def methods() -> None:
         cls = METHODS.get(name)
         table.add_row(name, ", ".join(a for a, n in aliases.items() if n == name),
                       "yes" if cls.needs_teacher else "", cls.summary)
-    Console().print(table)
+    Console(markup=False).print(table)
 
 
 def _show_summary(summary: dict) -> None:
@@ -443,12 +462,13 @@ def _show_summary(summary: dict) -> None:
                       f"{student['macs'] / 1e6:.0f}", f"{baseline['accuracy']:.2%}")
     table.add_row(f"student ({summary['method']})", student["name"], f"{student['params'] / 1e6:.1f}",
                   f"{student['macs'] / 1e6:.0f}", f"{student['accuracy']:.2%}")
-    Console().print(table)
+    Console(markup=False).print(table)
     if baseline:
         gain = summary["gain_over_baseline"] * 100
-        Console().print(f"{summary['method']} vs fine-tuning alone: {gain:+.2f} accuracy points", highlight=False)
+        Console(markup=False).print(f"{summary['method']} vs fine-tuning alone: {gain:+.2f} accuracy points",
+                                    highlight=False)
     data = summary["data"]
-    Console().print(f"{data['train_images']} training / {data['val_images']} validation images, "
+    Console(markup=False).print(f"{data['train_images']} training / {data['val_images']} validation images, "
                     f"{data['classes']} classes, {summary['seconds']:.0f} s")
 
 
@@ -508,9 +528,10 @@ def _rebuild(run_dir: str, run: bool, remote: str | None) -> None:
     if not run or remote:
         raise ConfigError("--rebuild: pass a run directory profiled on this machine (without --remote); "
                           "on a device, run `edgeft profile RUN --rebuild` there")
-    records = rebuild_stale(run_dir)
-    if records:
-        _show_exports(records)
+    rebuilt = rebuild_stale(run_dir)
+    if rebuilt.requested:
+        _show_exports(rebuilt)
+        rebuilt.check()
     else:
         console.print("--rebuild: every engine fits this machine; nothing rebuilt", highlight=False)
 
@@ -541,7 +562,7 @@ def targets(as_json: bool, backends: str | None, threads: int | None) -> None:
 def _show_targets(devices: list) -> None:
     """Two tables that fit 80 columns without cutting a name (what runs there; its figures, each with a
     numbered source), then the sources; one item per line so that no name is split."""
-    out = Console()
+    out = Console(markup=False)
     runs = Table(title="edgeft targets")
     for column in ("target", "aliases", "runtimes", "precisions"):
         runs.add_column(column, overflow="fold", no_wrap=column == "target")
@@ -623,7 +644,7 @@ def _show_rows(rows: list[dict], title: str) -> None:
     table = Table(*COLUMNS, title=title)
     for row in rows:
         table.add_row(*(row[c] for c in COLUMNS), style="italic" if row["how"] == "estimated" else None)
-    Console().print(table)
+    Console(markup=False).print(table)
 
 
 main = cli

@@ -17,6 +17,7 @@ from typing import Any, Callable, Union
 
 from edgeft import artifacts
 from edgeft.errors import EdgeftError
+from edgeft.figures import throughput
 from edgeft.precision_policy import dropped
 
 METRICS = {
@@ -27,7 +28,7 @@ METRICS = {
     "p50_ms": "median latency in ms (batch of the profile)",
     "p90_ms": "90th-percentile latency in ms (measured only)",
     "p99_ms": "99th-percentile latency in ms (measured only)",
-    "fps": "images per second at the profiled batch",
+    "fps": "images per second at the profiled batch: batch × 1000 / p50 ms (edgeft.figures)",
     "first_inference_ms": "time to first inference: engine load + first run, ms (measured only)",
     "peak_mb": "peak resident memory added by loading and running the engine, MB (measured only)",
 }
@@ -247,8 +248,8 @@ def profile_rows(records: list[dict[str, Any]], run_dir: str | Path | None = Non
         row = {k: v for k, v in exports.get((r.get("format"), r.get("precision")), {}).items() if k != "name"}
         row["name"] = f"{r.get('format')} {r.get('precision')} on {r.get('target')} ({r.get('label')})"
         row.update({f"{p}_ms": lat[p] for p in ("p50", "p90", "p99") if isinstance(lat.get(p), (int, float))})
-        fps = (r.get("throughput") or {}).get("images_per_s")
-        if isinstance(fps, (int, float)):
+        fps = throughput(r).images_per_s
+        if fps is not None:
             row["fps"] = fps
         if r.get("label") == "measured":
             row["first_inference_ms"] = (r.get("load_ms") or 0) + (r.get("first_inference_ms") or 0)

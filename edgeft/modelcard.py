@@ -1,11 +1,13 @@
 """A model card per target (Markdown + JSON), after Arm's Raspberry Pi 5 model cards.
 
 `<run>/cards/<target>.{md,json}`: the model and task, top-1 vs PyTorch fp32 per engine,
-p50/p90/p99, time to first inference, peak memory, FPS, what each number covers (compute
-only, or end-to-end with preprocessing), threads, batch and versions, and whether the
-figures were measured (the host, or a device's agent) or estimated (everything else).
-Engines dropped as not faster (edgeft.precision_policy) are listed with the reason and are
-never the recommended engine.
+p50/p90/p99, time to first inference, peak memory, img/s (edgeft.figures), what each number
+covers (compute only, or end-to-end with preprocessing), threads, batch and versions, and
+whether the figures were measured (the host, or a device's agent) or estimated (everything
+else). Only an engine validated against PyTorch (a row of export.json, or the validated ONNX
+an estimate was made from) is ever recommended; a refused precision is listed with its reason
+only, never with figures, and estimates of engines not built here say so. Engines dropped as not faster (edgeft.precision_policy) are listed with
+the reason and are never the recommended engine either.
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ from typing import Any, Iterable
 
 from edgeft import artifacts
 from edgeft.errors import EdgeftError
-from edgeft.precision_policy import ORDER, apply_policy, batch_of, dropped
+from edgeft.figures import AT_BATCH, BEST, DEFINITION, Throughput, batch_of, throughput
+from edgeft.precision_policy import ORDER, apply_policy, dropped
 from edgeft.targets import TARGETS, get_target
+from edgeft.validated import NOT_BUILT, Exports
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +34,9 @@ ESTIMATED_NOTE = ("Estimated, not measured: a roofline over the ONNX graph again
 DASH = "—"
 
 
-def _engine(record: dict, exports: dict[tuple[str, str], dict]) -> dict[str, Any]:
+def _engine(record: dict, exports: Exports) -> dict[str, Any]:
     """One engine's figures on the target, joined with its export validation."""
-    exp = exports.get((record.get("format"), record.get("precision")), {})
+    exp, status = exports.validation(record)
     lat = record.get("latency_ms") or {}
     measured = record.get("label") == "measured"
     accuracy, reference = record.get("accuracy"), exp.get("reference_accuracy")
@@ -44,14 +48,14 @@ def _engine(record: dict, exports: dict[tuple[str, str], dict]) -> dict[str, Any
         "precision": record.get("precision"), "how": record.get("label"),
         "reference": record.get("format") == "torch",
         "kept": not dropped(record), "precision_check": record.get("precision_check"),
+        "validated": bool(exp) or record.get("format") == "torch", "status": status,
         "accuracy": accuracy, "fp32_accuracy": reference,
         "top1_drop_points": round(100 * (reference - accuracy), 3)
         if isinstance(accuracy, (int, float)) and isinstance(reference, (int, float)) else None,
         "top1_agreement": exp.get("top1_agreement"), "validated_on_images": exp.get("images"),
         "size_mb": round(exp["size_bytes"] / 1e6, 2) if exp.get("size_bytes") else None,
         "latency_ms": {k: lat[k] for k in ("p50", "p90", "p99", "mean", "std", "min") if k in lat},
-        "fps": (record.get("throughput") or {}).get("images_per_s"),
-        "best_throughput": (record.get("throughput") or {}).get("best"),
+        "throughput": throughput(record).to_json(),
         "time_to_first_inference_ms": round(first, 3) if first is not None else None,
         "load_ms": record.get("load_ms"), "first_run_ms": record.get("first_inference_ms"),
         "memory": record.get("memory"),
@@ -73,15 +77,14 @@ def build_card(run_dir: str | Path, target: str) -> dict[str, Any]:
     records = artifacts.read_json(path).get("records", [])
     summary = artifacts.read_json(root / "summary.json") if (root / "summary.json").exists() else {}
     student = artifacts.read_json(root / "student" / "card.json") if (root / "student" / "card.json").exists() else {}
-    export_rows = artifacts.read_json(root / "export.json").get("engines", []) if (root / "export.json").exists() else []
-    exports = {(r.get("format"), r.get("precision")): r for r in export_rows}
+    exports = Exports.read(root)
     rank = {p: i for i, p in enumerate(ORDER)}
     records = sorted(records, key=lambda r: (r.get("format") != "torch", r.get("format") or "",
                                              rank.get(r.get("precision"), len(rank))))
-    engines = [_engine(r, exports) for r in records]
+    engines = [_engine(r, exports) for r in records if not exports.is_refused(r)]  # refused: listed by reason
     labels = {e["how"] for e in engines}
     how = labels.pop() if len(labels) == 1 else "measured and estimated"
-    candidates = [e for e in engines if e["kept"] and not e["reference"] and e["latency_ms"].get("p50")]
+    candidates = [e for e in engines if e["kept"] and e["validated"] and not e["reference"] and e["latency_ms"].get("p50")]
     best = min(candidates, key=lambda e: e["latency_ms"]["p50"], default=None)
     host = next((r.get("host") for r in records if r.get("host")), None)
     return {
@@ -98,11 +101,13 @@ def build_card(run_dir: str | Path, target: str) -> dict[str, Any]:
         "target": {"name": tgt.name, "title": tgt.title, "kind": tgt.kind},
         "how": how,
         "label": (MEASURED_NOTE if how == "measured" else ESTIMATED_NOTE).format(target=tgt.name),
-        "recommended": None if best is None else {k: best[k] for k in ("format", "backend", "precision", "engine")},
+        "recommended": None if best is None else {k: best[k] for k in ("format", "backend", "precision", "engine", "how",
+                                                                           "status")},
         "engines": engines,
         "dropped": [e["precision_check"]["reason"] for e in engines if not e["kept"]],
+        "refused": [{"format": f, "precision": p, "reason": why} for (f, p), why in exports.refused.items()],
         "covers": _covers(engines),
-        "versions": {"edgeft": _version(), "export": (export_rows[0].get("versions") if export_rows else None),
+        "versions": {"edgeft": _version(), "export": next((r.get("versions") for r in exports.rows.values()), None),
                      "runtimes": {f"{e['format']} {e['precision']}": e["runtime"] for e in engines},
                      "host": host},
         "notes": tgt.notes,
@@ -114,7 +119,8 @@ def _covers(engines: list[dict]) -> dict[str, str]:
     measured = next((e for e in engines if e["how"] == "measured"), None)
     estimated = next((e for e in engines if e["how"] == "estimated"), None)
     out = {"accuracy": f"top-1 on {images or '?'} held-out images, each engine run on this host next to PyTorch fp32 "
-                       "on the same images (top1_drop_points = fp32 − engine, in points)"}
+                       "on the same images (top1_drop_points = fp32 − engine, in points)",
+           "throughput": DEFINITION}
     if measured:
         out["latency"] = f"compute only: {measured['covers']}"
         out["end_to_end"] = ("preprocessing p50 (uint8 HWC → normalised NCHW, numpy, JPEG decoding and resizing "
@@ -125,8 +131,21 @@ def _covers(engines: list[dict]) -> dict[str, str]:
         threads = measured["threads"]
         out["threads"] = f"{threads}" if threads else "the runtime's default (all cores)"
     if estimated:
-        out["estimate"] = f"compute only: {estimated['covers']}; p90/p99, first inference and memory are not estimated"
+        out["estimate"] = (f"compute only: {estimated['covers']}; p90/p99, first inference and memory are not estimated; "
+                           f"{NOT_BUILT} (estimated from the ONNX graph)")
     return out
+
+
+def _validated_cell(engine: dict) -> str:
+    status = engine["status"]
+    if status in ("validated", "reference"):
+        return "yes" if status == "validated" else "reference"
+    return f"ONNX only ({NOT_BUILT})" if NOT_BUILT in status else "**no**"
+
+
+def _throughput_cells(engine: dict) -> tuple[str, str]:
+    """The card's img/s cells, formatted exactly as the report's (edgeft.figures)."""
+    return Throughput.from_json(engine["throughput"]).cells()
 
 
 def _version() -> str | None:
@@ -156,20 +175,26 @@ def markdown(card: dict[str, Any]) -> str:
               + (f", {model['macs'] / 1e6:.0f} MMACs" if model.get("macs") else "")),
              ("trained", f"{model.get('method') or '?'} from teacher {model.get('teacher') or 'none'}"),
              ("target", f"{tgt['name']} ({tgt['kind']})"),
-             ("recommended engine", f"{rec['format']} {rec['precision']} on {rec['backend']} (fastest kept, p50)" if rec else DASH)]
+             ("recommended engine", f"{rec['format']} {rec['precision']} on {rec['backend']} (fastest kept and validated, p50"
+              + (f"; {NOT_BUILT})" if NOT_BUILT in rec["status"] else ")") if rec else
+              f"{DASH} (no validated engine profiled here)")]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts] + [""]
-    head = ("engine", "precision", "how", "kept", "top-1", "vs FP32 (points)", "p50 ms", "p90 ms", "p99 ms", "FPS",
-            "first inference ms", "peak MB", "end-to-end p50 ms")
-    lines += ["## Performance (batch 1)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = ("engine", "precision", "how", "kept", "validated", "top-1", "vs FP32 (points)", "p50 ms", "p90 ms",
+            "p99 ms", AT_BATCH, BEST, "first inference ms", "peak MB", "end-to-end p50 ms")
+    lines += ["## Performance", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in card["engines"]:
         lat, mem = e["latency_ms"], e["memory"] or {}
         name = f"{e['format']} ({e['backend']})" + (" reference" if e["reference"] else "")
         lines.append("| " + " | ".join([
-            name, e["precision"] or DASH, e["how"], "yes" if e["kept"] else "**dropped**",
+            name, e["precision"] or DASH, e["how"], "yes" if e["kept"] else "**dropped**", _validated_cell(e),
             _cell(e["accuracy"], 2, 100, " %"), _cell(0.0 - e["top1_drop_points"] if e["top1_drop_points"] is not None else None, 2),
-            _cell(lat.get("p50"), 3), _cell(lat.get("p90"), 3), _cell(lat.get("p99"), 3), _cell(e["fps"], 1),
+            _cell(lat.get("p50"), 3), _cell(lat.get("p90"), 3), _cell(lat.get("p99"), 3),
+            *(cell or DASH for cell in _throughput_cells(e)),
             _cell(e["time_to_first_inference_ms"], 1), _cell(mem.get("peak_increase_mb"), 1),
             _cell(e["end_to_end_p50_ms"], 3)]) + " |")
+    if card["refused"]:
+        lines += ["", "## Refused at export (never recommended)", ""]
+        lines += [f"- {r['format']} {r['precision']}: {r['reason']}" for r in card["refused"]]
     checks = [e["precision_check"] for e in card["engines"] if e["precision_check"]]
     if checks:
         lines += ["", "## Precisions kept only where faster (>= 1.02x vs the next higher kept precision)", ""]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeft import artifacts
+from edgeft.figures import batch_of
 from edgeft.runtime.dispatch import FORMAT_BACKEND
 from edgeft.targets import get_target
 
@@ -42,11 +43,6 @@ class Decision:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def batch_of(record: dict) -> int:
-    """The record's batch (profiles without one were taken at the default, 1)."""
-    return (record.get("input") or {}).get("batch") or record.get("batch") or 1
 
 
 def decide(records: list[dict], min_speedup: float = MIN_SPEEDUP) -> list[Decision]:

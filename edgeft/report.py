@@ -17,9 +17,11 @@ from typing import Any
 from edgeft import artifacts
 from edgeft.artifacts import RunDir
 from edgeft.errors import EdgeftError
+from edgeft.figures import AT_BATCH, BEST, DEFINITION, throughput
+from edgeft.validated import Exports
 
 
-COLUMNS = ("target", "engine", "precision", "how", "p50 ms", "p90 ms", "p99 ms", "img/s", "top-1", "speed-up")
+COLUMNS = ("target", "engine", "precision", "how", "p50 ms", "p90 ms", "p99 ms", AT_BATCH, BEST, "top-1", "speed-up")
 DEFAULT_BACKEND = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torch"}
 TOP_LAYERS = 15
 
@@ -35,6 +37,7 @@ class Report:
     markdown: Path | None = None
     html: Path | None = None
     cards: list[Path] = field(default_factory=list)  # cards/<target>.md (edgeft.modelcard)
+    refused: list[dict] = field(default_factory=list)  # export.json's refused engines, with their reasons
 
 
 def profile_records(run: RunDir) -> list[dict]:
@@ -48,12 +51,12 @@ def summary_rows(records: list[dict]) -> list[dict]:
     rows = []
     for r in records:
         lat = r.get("latency_ms", {})
-        best = (r.get("throughput") or {}).get("best") or {}
+        at_batch, best = throughput(r).cells()
         rows.append({
             "target": r.get("target", ""), "engine": _engine(r),
             "precision": r.get("precision") or "", "how": r.get("label", ""),
             "p50 ms": _num(lat.get("p50")), "p90 ms": _num(lat.get("p90")), "p99 ms": _num(lat.get("p99")),
-            "img/s": _num(best.get("images_per_s") or r.get("throughput", {}).get("images_per_s"), 1),
+            AT_BATCH: at_batch, BEST: best,
             "top-1": f"{r['accuracy']:.2%}" if isinstance(r.get("accuracy"), (int, float)) else "",
             "speed-up": _speedup(r.get("precision_check")),
             "_p50": lat.get("p50"), "_accuracy": r.get("accuracy"),
@@ -92,11 +95,11 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def _pyplot():
-    """matplotlib's pyplot on the headless Agg backend (optional dependency: the `report` extra)."""
+    """matplotlib's pyplot on the headless Agg backend (in the default install)."""
     try:
         import matplotlib
     except ImportError:
-        raise EdgeftError("matplotlib is not installed: pip install 'edgeft[report]'") from None
+        raise EdgeftError("matplotlib is not installed: pip install 'matplotlib>=3.7'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -272,7 +275,9 @@ def build_report(run_dir: str | Path) -> Report:
     if not run.summary.exists():
         raise EdgeftError(f"{run.root}: no summary.json; run `edgeft compress --out {run.root}` first")
     report = Report(run.root, artifacts.read_json(run.summary))
-    records = profile_records(run)
+    exports = Exports.read(run.root)
+    report.refused = [{"format": f, "precision": p, "reason": why} for (f, p), why in exports.refused.items()]
+    records = [r for r in profile_records(run) if not exports.is_refused(r)]  # a refused precision: its reason only
     report.rows = summary_rows(records)
     figures = {"Training curves": plot_training(artifacts.read_jsonl(run.metrics)),
                "Accuracy vs latency": plot_tradeoff(report.rows)}
@@ -310,12 +315,14 @@ def _facts(report: Report) -> list[tuple[str, str]]:
                         f"{student.get('macs', 0) / 1e6:.0f} MMACs)"),
             ("student accuracy", f"{acc:.2%}" if isinstance(acc, (int, float)) else "—"),
             ("data", f"{data.get('train_images', '?')} training / {data.get('val_images', '?')} validation images, "
-                     f"{data.get('classes', '?')} classes")]
+                     f"{data.get('classes', '?')} classes")] + [
+            (f"refused: {r['format']} {r['precision']}", r["reason"]) for r in report.refused]
 
 
 NOTE = ("*measured*: timed on the device (warm-up, then runs until both the iteration and time minimum; "
         "compute only on a prepared batch). *estimated*: roofline over the ONNX graph against the target's "
         "published peaks, calibrated as each profile record's `calibration` field says — not a measurement. "
+        f"*img/s*: {DEFINITION}. "
         "*speed-up*: batch-1 p50 vs the next higher kept precision of the same engine on the same target; "
         "below 1.02x the precision is dropped (not recommended; its file stays, export.json says why).")
 

@@ -287,3 +287,21 @@ def test_compress_into_a_log_shows_plain_progress_lines(tmp_path, tiny_data):
     result = run(tiny_args(tiny_data, tmp_path / "r", "--method", "stl"))
     assert result.exit_code == 0, result.output
     assert "stage finetune: 6/6 (100%), loss " in result.stderr
+def test_a_missing_extra_prints_its_install_command_literally(tmp_path, monkeypatch):
+    from edgeft.runtime.tensorrt import TensorRtEngine
+
+    monkeypatch.setattr(TensorRtEngine, "available", classmethod(lambda cls: False))
+    (tmp_path / "model.engine").write_bytes(b"plan")
+    result = run(["profile", str(tmp_path / "model.engine"), "--backend", "tensorrt"])
+    one_line_error(result, "tensorrt is not installed", "pip install 'edgeft[tensorrt]'")
+
+
+def test_error_messages_are_printed_without_rich_markup(tmp_path, monkeypatch):
+    import edgeft.export
+    from edgeft.errors import EdgeftError
+
+    def fail(*args, **kwargs):
+        raise EdgeftError("needs [bold]x[/bold] and pip install 'edgeft[cuda]'")
+
+    monkeypatch.setattr(edgeft.export, "export_run", fail)
+    one_line_error(run(["export", str(tmp_path)]), "needs [bold]x[/bold] and pip install 'edgeft[cuda]'")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from click.testing import CliRunner
 
 from edgeft.cli import cli
@@ -48,3 +50,42 @@ def test_demo_runs_offline(tmp_path, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["teacher"]["name"] == "tf_efficientnet_lite0" and summary["student"]["name"] == "resnet18"
     assert summary["data"] == {"train_images": 40, "val_images": 500, "classes": 5}
+
+
+@pytest.mark.slow
+def test_demo_to_host_goes_on_past_a_refused_precision(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from edgeft import deploy
+    from edgeft.export.onnx import OnnxExporter
+    from edgeft.runtime.profile import ProfileConfig
+
+    impossible = replace(OnnxExporter.tolerances["int8"], min_cosine=1.1)  # onnx int8 can never pass
+    monkeypatch.setattr(OnnxExporter, "tolerances", {**OnnxExporter.tolerances, "int8": impossible})
+    quick = ProfileConfig(warmup=1, iterations=3, seconds=0, threads=1, max_batch=2, layer_runs=1)
+    profile = deploy.profile_on_target
+    monkeypatch.setattr(deploy, "profile_on_target", lambda run, target, cfg=None: profile(run, target, cfg=quick))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "demo-host"
+    args = ["compress", "--teacher", "demo", "--data", "demo", "--shots", "4", "--epochs", "1", "--image-size", "32",
+            "--precision", "fp32,int8", "--target", "host", "--out", str(out)]
+    result = CliRunner().invoke(cli, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "onnx int8 refused: onnx int8 export failed validation" in result.output
+    manifest = json.loads((out / "export.json").read_text())
+    refused = {(r["format"], r["precision"]) for r in manifest["refused"]}
+    passed = {(r["format"], r["precision"]) for r in manifest["engines"]}
+    assert ("onnx", "int8") in refused and {("onnx", "fp32"), ("openvino", "fp32")} <= passed
+    assert passed | refused == {(f, p) for f in ("onnx", "openvino") for p in ("fp32", "int8")}  # each one tried
+    profiled = {(r["format"], r["precision"]) for r in json.loads((out / "profiles" / "host.json").read_text())["records"]}
+    assert profiled == passed | {("torch", "fp32")}
+    assert (out / "report.html").is_file() and "refused: onnx int8" in (out / "report.md").read_text()
+    card = json.loads((out / "cards" / "host.json").read_text())
+    assert card["recommended"] and (card["recommended"]["format"], card["recommended"]["precision"]) in passed
+    assert {(r["format"], r["precision"]) for r in card["refused"]} == refused
+    export = ["export", str(out), "--format", "onnx", "--precision", "fp32,int8", "--images", "64", "--calib", "16"]
+    result = CliRunner().invoke(cli, export)
+    assert result.exit_code == 0 and "onnx int8 refused" in result.output, result.output
+    assert (out / "engines" / "onnx" / "model-fp32.onnx").is_file()
+    result = CliRunner().invoke(cli, export + ["--strict"])
+    assert result.exit_code == 4 and "--strict: 1 engine(s) refused" in result.output, result.output

@@ -124,7 +124,8 @@ def test_export_fail_if_judges_every_engine(tmp_path: Path, monkeypatch) -> None
     records = [ExportRecord(**figures, accuracy=acc, path=f"engines/onnx/model-{p}.onnx", format="onnx", precision=p,
                             size_bytes=size) for p, acc, size in (("fp32", 0.8, 4_000_000), ("int8", 0.78, 1_000_000))]
     calls = []
-    monkeypatch.setattr(edgeft.export, "export_run", lambda *a, **k: calls.append(a) or records)
+    exported = edgeft.export.ExportResult([("onnx", "fp32"), ("onnx", "int8")], records)
+    monkeypatch.setattr(edgeft.export, "export_run", lambda *a, **k: calls.append(a) or exported)
     result = invoke("export", tmp_path, "--precision", "fp32,int8", "--fail-if", "top1_drop>1.0 or size_mb>3")
     assert result.exit_code == 3, result.output
     assert "onnx fp32: size_mb 4 (size_mb > 3)" in result.output and "onnx int8: top1_drop 2 (top1_drop > 1)" in result.output

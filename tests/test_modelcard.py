@@ -90,3 +90,60 @@ def test_cards_render_for_every_target(tmp_path: Path) -> None:
     assert int8["top1_drop_points"] == 1.0 and int8["precision_check"]["vs"] == "fp32"
     pi = json.loads((run / "cards" / "raspberry-pi-5.json").read_text())
     assert pi["engines"][0]["calibration"]["label"] and "not estimated" in pi["covers"]["estimate"]
+
+
+def test_report_row_card_and_gate_show_one_throughput(tmp_path: Path) -> None:
+    from edgeft.gate import profile_rows
+    from edgeft.modelcard import write_cards
+    from edgeft.report import write_report
+
+    run = fake_run(tmp_path / "run")
+    path = run / "profiles" / "host.json"
+    profile = json.loads(path.read_text())
+    fp32 = next(r for r in profile["records"] if r["precision"] == "fp32")  # p50 4.0 ms at batch 1
+    fp32.update(input={"batch": 1}, throughput={"images_per_s": 81.5, "sweep": [  # a stale, disagreeing figure
+        {"batch": 1, "latency_ms_p50": 12.0}, {"batch": 8, "latency_ms_p50": 10.0}]})
+    path.write_text(json.dumps(profile))
+    row = next(r for r in write_report(run).rows if r["target"] == "host" and r["precision"] == "fp32")
+    assert (row["img/s at batch"], row["best img/s (batch)"]) == ("250.0 (b1)", "800.0 (b8)")
+    write_cards(run, ["host"])
+    card = json.loads((run / "cards" / "host.json").read_text())
+    engine = next(e for e in card["engines"] if e["precision"] == "fp32")
+    assert (engine["throughput"]["images_per_s"], engine["throughput"]["best_batch"]) == (250.0, 8)
+    assert "| 250.0 (b1) | 800.0 (b8) |" in (run / "cards" / "host.md").read_text()
+    gate = next(r for r in profile_rows(profile["records"]) if r["name"].startswith("onnx fp32"))
+    assert gate["fps"] == 250.0
+
+
+def test_cards_recommend_only_validated_engines_and_say_what_was_not_built(tmp_path: Path) -> None:
+    from edgeft.modelcard import write_cards
+
+    run = fake_run(tmp_path / "run")
+    target = "jetson-orin-nano-8gb"
+    layers = [{"name": "conv1", "op": "Conv", "ms": 0.1}]
+    estimates = [{"label": "estimated", "target": target, "format": "tensorrt", "backend": "tensorrt",
+                  "precision": p, "engine": f"engines/onnx/model-{source}.onnx", "latency_ms": {"p50": p50},
+                  "accuracy": acc, "layers": layers, "batch": 1}
+                 for p, source, p50, acc in (("fp32", "fp32", 3.0, 0.85), ("fp16", "fp16", 1.5, 0.85),
+                                             ("int8", "fp32", 0.7, None))]  # int8: refused, estimated from fp32
+    (run / "profiles" / f"{target}.json").write_text(json.dumps({"target": target, "records": estimates}))
+    reason = "onnx int8 export failed validation against PyTorch (accuracy 52.60% is 2.6 points below)"
+    (run / "export.json").write_text(json.dumps({
+        "engines": [{"path": f"engines/onnx/model-{p}.onnx", "format": "onnx", "precision": p, "accuracy": 0.85,
+                     "reference_accuracy": 0.85, "passed": True} for p in ("fp32", "fp16")],
+        "refused": [{"format": "onnx", "precision": "int8", "reason": reason}]}))
+    write_cards(run, [target])
+    card = json.loads((run / "cards" / f"{target}.json").read_text())
+    assert card["recommended"]["precision"] == "fp16"  # int8 is faster, but refused
+    assert "estimate; engine not built here" in card["recommended"]["status"]
+    assert [e["precision"] for e in card["engines"]] == ["fp32", "fp16"]  # the refused int8 has no figures
+    assert card["refused"] == [{"format": "onnx", "precision": "int8", "reason": reason}]
+    md = (run / "cards" / f"{target}.md").read_text()
+    assert "tensorrt fp16 on tensorrt (fastest kept and validated, p50; estimate; engine not built here)" in md
+    assert "## Refused at export (never recommended)" in md and f"- onnx int8: {reason}" in md
+    assert md.count("ONNX only (estimate; engine not built here)") == 2
+    from edgeft.report import write_report
+
+    report = write_report(run)
+    assert [r["precision"] for r in report.rows if r["target"] == target] == ["fp32", "fp16"]
+    assert f"refused: onnx int8**: {reason}" in report.markdown.read_text()

@@ -39,7 +39,7 @@ def demo_run(out: Path = DEMO_RUN) -> Path:
 def bench_run(run: Path, formats: list[str], precisions: list[str], calib: int, images: int) -> dict:
     """Exports one run and returns its records with the acceptance checks."""
     began = time.time()
-    records = [r.to_json() for r in export_run(run, formats, precisions, calib=calib, images=images)]
+    records = [r.to_json() for r in export_run(run, formats, precisions, calib=calib, images=images).records]
     card = read_json(RunDir(run).student_card)
     checks = {}
     for r in records:

@@ -27,6 +27,7 @@ from _common import CACHE, RESULTS, ROOT, dump_json, provenance  # noqa: E402
 from edgeft import artifacts  # noqa: E402
 from edgeft.export import export_run  # noqa: E402
 from edgeft.export.base import library_version  # noqa: E402
+from edgeft.figures import throughput_json  # noqa: E402
 from edgeft.modelcard import write_cards  # noqa: E402
 from edgeft.precision_policy import MIN_SPEEDUP, apply_policy  # noqa: E402
 from edgeft.runtime.dispatch import profile_on_target, save_records  # noqa: E402
@@ -61,7 +62,7 @@ def pooled_profiles(run: Path, cfg: ProfileConfig, rounds: int) -> list[dict]:
     for r in records:
         pooled = samples[(r["format"], r["precision"])]
         r.update(latency_ms=stats(pooled), samples_ms=pooled, iterations=len(pooled), rounds=rounds)
-        r["throughput"]["images_per_s"] = round(cfg.batch * 1e3 / r["latency_ms"]["p50"], 2)
+        r["throughput"] = throughput_json(cfg.batch, r["latency_ms"]["p50"], r["throughput"]["sweep"])
     save_records(run / "profiles" / "host.json", "host", records)
     return records
 

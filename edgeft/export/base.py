@@ -2,7 +2,8 @@
 
 An exporter turns the run's student into one engine file at one precision, validates it
 against PyTorch on held-out images and returns an `ExportRecord`; an engine that fails its
-tolerance is deleted before the error is raised (DESIGN.md §House style 6).
+tolerance is deleted before `RefusedError` is raised (DESIGN.md §House style 6), and the export
+goes on with the other engines (pipeline.py).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from edgeft.artifacts import RunDir, StudentCard
-from edgeft.errors import ConfigError, EdgeftError, WeightsError
+from edgeft.errors import ConfigError, EdgeftError, RefusedError, WeightsError
 from edgeft.export.validate import DEFAULT_TOLERANCES, Figures, Reference, Runner, Tolerance, compare
 from edgeft.registry import Registry
 from edgeft.runtime.fingerprint import machine_fingerprint
@@ -33,7 +34,8 @@ class ExportRecord(Figures):
 
     `path` is relative to the run directory so that a copied run stays valid; `note` says in
     one line what the user must still do (e.g. build a TensorRT engine on the device, with
-    `recipe`).
+    `recipe`); `skipped` says why the engine itself was not built here (the record is then the
+    validated file to build it from, e.g. TensorRT's ONNX without a GPU).
     """
 
     path: str
@@ -49,6 +51,7 @@ class ExportRecord(Figures):
     batch: int | dict[str, int] = 1  # a static batch, or the dynamic profile {min, opt, max}
     opset: int | None = None  # the ONNX opset the engine was built from
     quantization: dict[str, Any] | None = None  # int8: calibrator, layers kept in float, drop (int8_guard.py)
+    skipped: str = ""  # why no engine of this format was built here (a recipe instead); "" when it was
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -118,6 +121,7 @@ class ExportJob:
     opset: int | None = None  # None: export/preflight.py picks it for the job's formats
     max_drop: float | None = None  # --max-drop: the int8 accuracy bound in points (int8_guard.py)
     quantization: dict[str, dict[str, Any]] = field(default_factory=dict)  # how each int8 variant was made
+    failed: dict[str, str] = field(default_factory=dict)  # why an intermediate (e.g. onnx-int8) could not be made
 
     @property
     def engines(self) -> Path:
@@ -143,7 +147,8 @@ class Exporter(ABC):
 
     @abstractmethod
     def export(self, job: ExportJob, precision: str) -> ExportRecord:
-        """Writes, validates and describes the engine of `precision` (raises and deletes on failure)."""
+        """Writes, validates and describes the engine of `precision` (deletes it and raises RefusedError
+        when it fails validation)."""
 
     @abstractmethod
     def versions(self) -> dict[str, str | None]:
@@ -175,7 +180,7 @@ class Exporter(ABC):
         failures = figures.failures(tol)
         if failures:
             remove(files)
-            raise EdgeftError(
+            raise RefusedError(
                 f"{self.name} {precision} export failed validation against PyTorch on {figures.images} "
                 f"held-out images ({'; '.join(failures)}); the engine was deleted"
                 + (" — try more --calib images or use fp16" if precision == "int8" else "")
@@ -237,11 +242,12 @@ def library_version(module: str) -> str | None:
         return None
 
 
-def require(module: str, extra: str):
-    """Imports an optional dependency or fails with the install command (DESIGN.md §House style 9)."""
+def require(module: str, install: str):
+    """Imports a dependency or fails with the exact install command, e.g. `pip install 'edgeft[tensorrt]'`
+    (DESIGN.md §House style 9); `install` is the pip requirement that provides `module`."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise EdgeftError(f"{module} is not installed: pip install 'edgeft[{extra}]'") from None
+        raise EdgeftError(f"{module} is not installed: pip install '{install}'") from None

@@ -14,7 +14,7 @@ bound, and the first that holds is kept:
    together with the activation path that feeds them (their input tensors lose their Q/DQ).
    OpenVINO: NNCF's own quantize_with_accuracy_control, which ranks and reverts the same way;
 3. if KEPT_SHARE of the layers in float still breaks the bound, INT8 is refused with the
-   best measured drop (an EdgeftError naming --max-drop).
+   best measured drop (a RefusedError naming --max-drop; the export goes on with the other engines).
 
 The outcome (calibrator, kept layers, drop, every try) goes into the engine's ExportRecord.
 The Q/DQ graph stays symmetric signed INT8, which TensorRT's explicit quantization needs.
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from edgeft.errors import ConfigError, EdgeftError
+from edgeft.errors import ConfigError, RefusedError
 from edgeft.export.quantize import quantize_onnx
 from edgeft.export.validate import DEFAULT_TOLERANCES, Runner, compare
 
@@ -91,7 +91,7 @@ class Search:
     def refuse(self) -> None:
         best = self.best()
         extra = f" (failing: {'; '.join(best['failures'])})" if best["failures"] else ""
-        raise EdgeftError(
+        raise RefusedError(
             f"--max-drop {self.job.max_drop:g}: {self.backend} INT8 cannot hold it: the best of {len(self.tried)} "
             f"tries ({best['calibrator']} calibration, {best['kept']} layers kept in float) is "
             f"{best['drop_points']:.2f} points below PyTorch on {len(self.job.reference.labels)} held-out images"

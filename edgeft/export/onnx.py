@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from edgeft.artifacts import StudentCard, atomic_write
-from edgeft.errors import EdgeftError
+from edgeft.errors import EdgeftError, RefusedError
 from edgeft.export.base import (EXPORTERS, INPUT_NAME, OUTPUT_NAME, BatchShape, Exporter, ExportJob, ExportRecord,
                                 library_version)
 from edgeft.export.int8_guard import quantize_onnx_bounded
@@ -109,23 +109,35 @@ def load_onnx(path: Path, card: StudentCard):
 def onnx_variant(job: ExportJob, precision: str) -> Path:
     """The fp32/fp16/int8 ONNX of the job's student, built once per job in its work folder."""
     key = f"onnx-{precision}"
+    if key in job.failed:  # e.g. TensorRT int8 after the ONNX int8 it is built from was refused
+        raise RefusedError(f"the ONNX {precision} it is built from was refused: {job.failed[key]}")
     if key not in job.cache:
         path = job.workdir / f"model-{precision}.onnx"
-        if precision == "fp32":
-            if job.onnx_source is not None:
-                given = with_batch(load_onnx(job.onnx_source, job.card), job.batch)
-                save_onnx(given, job.card, path, {MODULES_KEY: json.dumps(module_map(given.graph))})
-            else:
-                export_onnx(job.model, job.card, path, job.batch, job.opset or OPSET)
-            job.opset = onnx_opset(_load(path))  # what the file has (the exporter may not convert down)
-        elif precision == "fp16":
-            to_fp16(onnx_variant(job, "fp32"), path, job.card)
-        else:
-            source = onnx_variant(job, "fp32")
-            job.quantization["onnx"] = quantize_onnx_bounded(job, source, path, input_name(source))
-            _restamp(path, job.card)
+        try:
+            _build_variant(job, precision, path)
+        except Exception as exc:
+            job.failed[key] = str(exc) if isinstance(exc, EdgeftError) else export_failure(exc)
+            if isinstance(exc, EdgeftError):
+                raise
+            raise RefusedError(f"onnx {precision}: the conversion failed ({job.failed[key]})") from exc
         job.cache[key] = path
     return job.cache[key]
+
+
+def _build_variant(job: ExportJob, precision: str, path: Path) -> None:
+    if precision == "fp32":
+        if job.onnx_source is not None:
+            given = with_batch(load_onnx(job.onnx_source, job.card), job.batch)
+            save_onnx(given, job.card, path, {MODULES_KEY: json.dumps(module_map(given.graph))})
+        else:
+            export_onnx(job.model, job.card, path, job.batch, job.opset or OPSET)
+        job.opset = onnx_opset(_load(path))  # what the file has (the exporter may not convert down)
+    elif precision == "fp16":
+        to_fp16(onnx_variant(job, "fp32"), path, job.card)
+    else:
+        source = onnx_variant(job, "fp32")
+        job.quantization["onnx"] = quantize_onnx_bounded(job, source, path, input_name(source))
+        _restamp(path, job.card)
 
 
 def to_fp16(src: Path, dst: Path, card: StudentCard) -> Path:

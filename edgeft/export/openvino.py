@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from edgeft.errors import EdgeftError, RefusedError
 from edgeft.export.base import EXPORTERS, Exporter, ExportJob, ExportRecord, library_version, require
-from edgeft.export.onnx import onnx_variant
+from edgeft.export.onnx import export_failure, onnx_variant
 from edgeft.export.int8_guard import quantize_openvino_bounded
 from edgeft.export.validate import Runner, fit_batch
 
@@ -77,10 +78,15 @@ def ov_runner(model, hint: str = "f32") -> Runner:
 
 def _quantize(model, job: ExportJob):
     """NNCF post-training INT8 on the calibration images (within --max-drop: int8_guard.py)."""
-    nncf = require("nncf", "openvino")
+    nncf = require("nncf", "nncf")
     nncf.set_log_level(logging.ERROR)
     with _quiet("torch.utils.cpp_extension"):
-        return quantize_openvino_bounded(job, model, ov_runner)
+        try:
+            return quantize_openvino_bounded(job, model, ov_runner)
+        except EdgeftError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - NNCF fails in many untyped ways; int8 alone is refused
+            raise RefusedError(f"openvino int8: NNCF quantization failed ({export_failure(exc)})") from exc
 
 
 @contextmanager

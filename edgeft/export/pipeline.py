@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from edgeft import artifacts
 from edgeft.artifacts import RunDir
-from edgeft.errors import ConfigError, EdgeftError
+from edgeft.errors import ConfigError, EdgeftError, StrictError
 from edgeft.export.base import EXPORTERS, PRECISIONS, BatchShape, ExportJob, ExportRecord, load_student
 from edgeft.export.int8_guard import check_max_drop
 from edgeft.export.onnx import load_onnx, onnx_opset
@@ -40,6 +41,51 @@ def check_request(formats: Iterable[str], precisions: Iterable[str]) -> tuple[li
     return formats, list(dict.fromkeys(precisions))
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """One requested engine that was not made: it failed validation or its conversion/quantiser failed."""
+
+    format: str
+    precision: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass
+class ExportResult:
+    """What one export made: the engines that passed and the (format, precision) pairs refused."""
+
+    requested: list[tuple[str, str]]  # (format, precision) in the order they were tried
+    records: list[ExportRecord] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+
+    def outcomes(self) -> list[dict[str, Any]]:
+        """One row per requested (format, precision): status passed | refused | skipped, why, its record."""
+        records = {(r.format, r.precision): r for r in self.records}
+        refused = {(r.format, r.precision): r.reason for r in self.refused}
+        rows = []
+        for key in self.requested:
+            record = records.get(key)
+            if record is not None:
+                status, why = ("skipped", record.skipped) if record.skipped else ("passed", "")
+            else:
+                status, why = "refused", refused[key]
+            rows.append({"format": key[0], "precision": key[1], "status": status, "why": why, "record": record})
+        return rows
+
+    def check(self, strict: bool = False) -> None:
+        """Raises when a requested format has no engine that passed, or (`strict`) when any was refused."""
+        formats = dict.fromkeys(f for f, _ in self.requested)
+        missing = [f for f in formats if not any(r.format == f for r in self.records)]
+        reasons = "; ".join(f"{r.format} {r.precision}: {r.reason}" for r in self.refused)
+        if missing:
+            raise EdgeftError(f"no {', '.join(missing)} engine passed ({reasons}); the table above says why")
+        if strict and self.refused:
+            raise StrictError(f"--strict: {len(self.refused)} engine(s) refused ({reasons})")
+
+
 def export_run(
     run_dir: str | Path,
     formats: Sequence[str] = ("onnx",),
@@ -50,17 +96,18 @@ def export_run(
     batch: BatchShape = BatchShape(),
     opset: int | None = None,
     max_drop: float | None = None,
-) -> list[ExportRecord]:
-    """Exports and validates the run's student in every format × precision.
+) -> ExportResult:
+    """Exports and validates the run's student in every format × precision, each on its own.
 
     Engines go to `<run>/engines/<format>/`, the records to `<run>/export.json` (merged with
     earlier exports of other formats/precisions). `calib` training images calibrate INT8,
     up to `images` held-out images validate; `onnx` starts from a given fp32 ONNX file instead
     of exporting the student again. `batch` is static 1 unless given a profile (BatchShape.parse);
-    `opset` defaults to the highest the formats' runtimes read (preflight.pick_opset). A failed
-    validation deletes that engine and raises, after the records of the engines that passed are written.
-    `max_drop` bounds INT8's accuracy loss in points (int8_guard.py: other calibrators, then layers
-    kept in float, else INT8 is refused).
+    `opset` defaults to the highest the formats' runtimes read (preflight.pick_opset). An engine
+    that fails validation, or whose conversion or quantiser fails, is deleted and recorded as
+    refused (export.json `refused`, with the reason) and the others go on; `ExportResult.check`
+    says whether that is acceptable. `max_drop` bounds INT8's accuracy loss in points
+    (int8_guard.py: other calibrators, then layers kept in float, else INT8 is refused).
     """
     formats, precisions = check_request(formats, precisions)
     if "int8" in precisions and calib < 1:
@@ -79,7 +126,7 @@ def export_run(
     if "int8" in precisions:
         calibration()  # a run without usable training images fails before any engine is built
     reference = build_reference(run, card, model, images)
-    records: list[ExportRecord] = []
+    result = ExportResult([(f, p) for f in formats for p in precisions])
     with tempfile.TemporaryDirectory(prefix="edgeft-export-") as workdir:
         job = ExportJob(run, card, model, reference, Path(workdir), calibration, source, batch=batch,
                         opset=opset or pick_opset(formats), max_drop=max_drop)
@@ -87,26 +134,32 @@ def export_run(
             for name in formats:
                 exporter = EXPORTERS.get(name)()
                 for precision in precisions:
-                    records.append(exporter.export(job, precision))
+                    try:
+                        result.records.append(exporter.export(job, precision))
+                    except EdgeftError as exc:  # this engine alone is refused; the others go on
+                        log.info("%s %s refused: %s", name, precision, exc)
+                        result.refused.append(Refusal(name, precision, str(exc)))
         finally:
-            write_records(run, records)
-    return records
+            write_records(run, result.records, result.refused)
+    return result
 
 
-def write_records(run: RunDir, records: list[ExportRecord]) -> Path:
-    """Merges `records` into export.json, dropping earlier records whose engine is gone or replaced."""
+def write_records(run: RunDir, records: list[ExportRecord], refused: Sequence[Refusal] = ()) -> Path:
+    """Merges `records` and `refused` into export.json, dropping earlier rows whose engine is gone or replaced."""
     path = run.root / "export.json"
-    fresh = {(r.format, r.precision) for r in records}
-    kept = []
+    fresh = {(r.format, r.precision) for r in [*records, *refused]}
+    kept, kept_refused = [], []
     if path.exists():
-        for row in artifacts.read_json(path).get("engines", []):
+        old = artifacts.read_json(path)
+        for row in old.get("engines", []):
             if (row.get("format"), row.get("precision")) not in fresh and (run.root / row.get("path", "")).is_file():
                 kept.append(row)
-    rows = kept + [r.to_json() for r in records]
+        kept_refused = [row for row in old.get("refused", []) if (row.get("format"), row.get("precision")) not in fresh]
     return artifacts.write_json(path, {
         "run": str(run.root),
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "engines": rows,
+        "engines": kept + [r.to_json() for r in records],
+        "refused": kept_refused + [r.to_json() for r in refused],
     })
 
 
@@ -118,7 +171,7 @@ def read_records(run_dir: str | Path) -> list[ExportRecord]:
     return [ExportRecord.from_json(row) for row in artifacts.read_json(path).get("engines", [])]
 
 
-def rebuild_stale(run_dir: str | Path) -> list[ExportRecord]:
+def rebuild_stale(run_dir: str | Path) -> ExportResult:
     """Re-exports here every engine of the run whose fingerprint does not fit this machine.
 
     `edgeft profile RUN --rebuild` calls it before profiling; each engine keeps its format,
@@ -126,12 +179,15 @@ def rebuild_stale(run_dir: str | Path) -> list[ExportRecord]:
     """
     path = RunDir(run_dir).root / "export.json"
     rows = artifacts.read_json(path).get("engines", []) if path.exists() else []
-    records: list[ExportRecord] = []
+    rebuilt = ExportResult([])
     for row in rows:
         reasons = stale_reasons(row)
         if reasons:
             log.warning("rebuilding %s on this machine (%s)", row["path"], "; ".join(reasons))
-            records += export_run(run_dir, [row["format"]], [row["precision"]],
-                                  batch=BatchShape.from_json(row.get("batch", 1)),
-                                  max_drop=(row.get("quantization") or {}).get("max_drop"))
-    return records
+            one = export_run(run_dir, [row["format"]], [row["precision"]],
+                             batch=BatchShape.from_json(row.get("batch", 1)),
+                             max_drop=(row.get("quantization") or {}).get("max_drop"))
+            rebuilt.requested += one.requested
+            rebuilt.records += one.records
+            rebuilt.refused += one.refused
+    return rebuilt

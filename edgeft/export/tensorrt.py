@@ -77,7 +77,8 @@ class TensorRTExporter(Exporter):
                 f"({job.relative(script)}); build the engine on the target device")
         return self.finish(job, precision, [onnx_path, script], ort_runner(onnx_path),
                            f"onnxruntime {library_version('onnxruntime')} CPU on the ONNX to build from "
-                           "(no TensorRT engine built here)", runtime="onnxruntime", note=note, recipe=recipe)
+                           "(no TensorRT engine built here)", runtime="onnxruntime", note=note, recipe=recipe,
+                           skipped=f"{reason}: recipe written ({job.relative(script)})")
 
     def versions(self) -> dict[str, str | None]:
         return {**onnx_versions(), "tensorrt": _trt_version()}
@@ -105,7 +106,7 @@ def trt_runner(engine_path: Path) -> Runner:
     """Runs a serialized engine on the current CUDA device, buffers held by torch."""
     import torch
 
-    trt = require("tensorrt", "tensorrt")
+    trt = require("tensorrt", "edgeft[tensorrt]")
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:

@@ -99,7 +99,7 @@ class Engine(abc.ABC):
     """A loaded model: `with engine: y = engine.infer(x)`; `input_spec` says what x is.
 
     Subclasses set `suffixes` (files they open), `module` (the Python package they need)
-    and `install` (the pip extra that provides it).
+    and `install` (the pip requirement that provides it, printed literally in the error).
     """
 
     name: ClassVar[str] = ""

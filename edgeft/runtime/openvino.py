@@ -21,7 +21,7 @@ class OpenVinoEngine(Engine):
     name = "openvino"
     suffixes = (".xml",)
     module = "openvino"
-    install = "edgeft[openvino]"
+    install = "openvino"
     layer_profiler = "OpenVINO performance counters (PERF_COUNT, executed nodes)"
 
     def open(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgeft.errors import ConfigError
+from edgeft.figures import sweep_row, throughput_json
 from edgeft.runtime import Engine, EngineOptions, load
 from edgeft.runtime.base import InputSpec, preprocess
 
@@ -148,8 +149,7 @@ def batch_sweep(engine: Engine, cfg: ProfileConfig) -> list[dict]:
 def _sweep_row(engine: Engine, size: int, cfg: ProfileConfig) -> dict:
     samples = time_loop(engine, engine.input_spec.example(size), 2, max(5, cfg.iterations // 5), cfg.seconds / 4)
     p50, p99 = (float(v) for v in np.percentile(samples, [50, 99]))
-    return {"batch": size, "latency_ms_p50": round(p50, 4), "latency_ms_p99": round(p99, 4),
-            "images_per_s": round(size / (p50 / 1e3), 2)}
+    return sweep_row(size, p50, latency_ms_p99=round(p99, 4))
 
 
 def profile_engine(path: str | Path, backend: str | None = None, cfg: ProfileConfig = ProfileConfig(),
@@ -173,7 +173,7 @@ def profile_engine(path: str | Path, backend: str | None = None, cfg: ProfileCon
             sweep = batch_sweep(engine, cfg) if cfg.sweep else []
             layers = engine.layer_times(x, cfg.layer_runs) if cfg.layers else None
             info, precision = engine.info(), engine.precision() or precision
-    best = max(sweep, key=lambda r: r["images_per_s"]) if sweep else None
+    latency = stats(samples)
     return {
         "label": "measured",
         "engine": str(path),
@@ -185,9 +185,9 @@ def profile_engine(path: str | Path, backend: str | None = None, cfg: ProfileCon
         "load_ms": round((loaded - began) * 1e3, 3),
         "first_inference_ms": round((first - loaded) * 1e3, 3),
         "preprocess_ms": preprocess_time(spec, cfg.batch) if len(spec.shape) == 4 else None,
-        "latency_ms": stats(samples),
+        "latency_ms": latency,
         "iterations": len(samples),
-        "throughput": {"images_per_s": round(float(cfg.batch / (np.median(samples) / 1e3)), 2), "sweep": sweep, "best": best},
+        "throughput": throughput_json(cfg.batch, latency["p50"], sweep),  # edgeft.figures: the one definition
         "memory": memory.to_json(),
         "layers": layers,
         "layer_profiler": engine.layer_profiler if layers is not None else None,

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgeft.errors import ConfigError, EdgeftError
+from edgeft.figures import sweep_row, throughput_json
 from edgeft.targets import Target, get_target
 from edgeft.targets.graph import LayerCost, graph_costs
 
@@ -184,8 +185,7 @@ def estimate(onnx_path: str | Path, target: Target | str, backend: str | None = 
         "label": "estimated",
         "engine": str(onnx_path), "target": target.name, "backend": backend, "precision": precision, "batch": batch,
         "latency_ms": {"p50": round(total, 4)},
-        "throughput": {"images_per_s": round(batch / total * 1e3, 2), "sweep": sweep,
-                       "best": max(sweep, key=lambda r: r["images_per_s"])},
+        "throughput": throughput_json(batch, round(total, 4), sweep),  # edgeft.figures: the one definition
         "gflops": round(sum(c.flops for c in layers) * batch / 1e9, 4),
         "weights_mb": round(sum(c.weights for c in layers) * BYTES.get(precision, 4) / 2**20, 3),
         "kernels": _kernels(layers),
@@ -201,8 +201,8 @@ def _sweep(layers: list[LayerCost], target: Target, precision: str, cal: Calibra
     rows, best, size = [], 0.0, 1
     while size <= MAX_SWEEP_BATCH:
         total, _ = predict(layers, target, precision, size, cal)
-        ips = size / total * 1e3
-        rows.append({"batch": size, "latency_ms_p50": round(total, 4), "images_per_s": round(ips, 2)})
+        rows.append(sweep_row(size, total))
+        ips = rows[-1]["images_per_s"]
         if ips < best * SWEEP_GAIN:
             break
         best, size = max(best, ips), size * 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from edgeft.errors import EdgeftError
+from edgeft.errors import EdgeftError, StrictError
 from edgeft.export import EXPORTERS, PRECISIONS, export_run, read_records
 from edgeft.export import tensorrt as trt_export
 from edgeft.export.onnx import CARD_KEY, OnnxExporter
@@ -24,8 +25,9 @@ pytest.importorskip("openvino", reason="the openvino extra is not installed")
 @pytest.fixture(scope="module")
 def exported(shared_run):
     """Every registered format at every precision, once for the module."""
-    records = export_run(shared_run.root, EXPORTERS.names(), PRECISIONS, calib=8)
-    return {(r.format, r.precision): r for r in records}
+    result = export_run(shared_run.root, EXPORTERS.names(), PRECISIONS, calib=8)
+    assert not result.refused
+    return {(r.format, r.precision): r for r in result.records}
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -102,25 +104,57 @@ def test_tensorrt_without_gpu_writes_onnx_and_recipe(exported, shared_run):
 @pytest.mark.tensorrt
 @pytest.mark.skipif(trt_export.unavailable() is not None, reason="needs tensorrt and a CUDA GPU")
 def test_tensorrt_engine_builds_and_validates(tiny_run):
-    records = export_run(tiny_run.root, ["tensorrt"], PRECISIONS, calib=8)
+    records = export_run(tiny_run.root, ["tensorrt"], PRECISIONS, calib=8).records
+    assert len(records) == len(PRECISIONS)
     for record in records:
         assert record.path.endswith(".engine") and record.passed and not record.note
         assert record.validated_with.startswith("tensorrt")
     assert (tiny_run.engines / "tensorrt" / "timing.cache").is_file()
 
 
-def test_failed_validation_deletes_the_engine_and_keeps_the_others(tiny_run, monkeypatch):
+def test_failed_validation_deletes_the_engine_refuses_it_and_keeps_the_others(tiny_run, monkeypatch):
     impossible = Tolerance(atol=0.0, min_cosine=1.1, min_top1=1.0, max_accuracy_drop=0.0)
     monkeypatch.setattr(OnnxExporter, "tolerances", {**OnnxExporter.tolerances, "fp32": impossible})
-    with pytest.raises(EdgeftError, match="onnx fp32 export failed validation .*cosine.*engine was deleted"):
-        export_run(tiny_run.root, ["onnx"], ["fp16", "fp32"])
+    result = export_run(tiny_run.root, ["onnx"], ["fp32", "fp16"])
     assert not (tiny_run.engines / "onnx" / "model-fp32.onnx").exists()
     assert (tiny_run.engines / "onnx" / "model-fp16.onnx").exists()
     assert [(r.format, r.precision) for r in read_records(tiny_run.root)] == [("onnx", "fp16")]
+    (refusal,) = result.refused
+    assert (refusal.format, refusal.precision) == ("onnx", "fp32")
+    assert re.search("onnx fp32 export failed validation .*cosine.*engine was deleted", refusal.reason)
+    assert [(o["precision"], o["status"]) for o in result.outcomes()] == [("fp32", "refused"), ("fp16", "passed")]
+    stored = json.loads((tiny_run.root / "export.json").read_text())
+    assert stored["refused"] == [refusal.to_json()]
+    result.check()  # one onnx engine passed: acceptable
+    with pytest.raises(StrictError, match="--strict: 1 engine"):
+        result.check(strict=True)
+
+
+def test_a_format_without_any_engine_that_passed_fails_the_check(tiny_run, monkeypatch):
+    impossible = Tolerance(atol=0.0, min_cosine=1.1, min_top1=1.0, max_accuracy_drop=0.0)
+    monkeypatch.setattr(OnnxExporter, "tolerances", {"fp32": impossible})
+    result = export_run(tiny_run.root, ["onnx"], ["fp32"])
+    with pytest.raises(EdgeftError, match="no onnx engine passed"):
+        result.check()
+
+
+def test_a_quantiser_that_raises_refuses_int8_alone(tiny_run, monkeypatch):
+    import edgeft.export.onnx as onnx_export
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("calibration blew up")
+
+    monkeypatch.setattr(onnx_export, "quantize_onnx_bounded", broken)
+    result = export_run(tiny_run.root, ["onnx", "tensorrt"], ["fp32", "int8"], calib=8)
+    assert {(r.format, r.precision) for r in result.records} == {("onnx", "fp32"), ("tensorrt", "fp32")}
+    reasons = {(r.format, r.precision): r.reason for r in result.refused}
+    assert "calibration blew up" in reasons[("onnx", "int8")]
+    assert "the ONNX int8 it is built from was refused" in reasons[("tensorrt", "int8")]
+    result.check()
 
 
 def test_export_from_a_given_onnx(exported, shared_run):
-    records = export_run(shared_run.root, ["ov"], ["fp32"], onnx=shared_run.root / exported[("onnx", "fp32")].path)
+    records = export_run(shared_run.root, ["ov"], ["fp32"], onnx=shared_run.root / exported[("onnx", "fp32")].path).records
     assert records[0].format == "openvino" and records[0].passed
 
 

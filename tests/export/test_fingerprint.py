@@ -22,7 +22,7 @@ TRT = {"backend": "tensorrt", "version": "10.3.0", "sm": "8.7", "gpu": "Orin", "
 def exported(tmp_path_factory):
     """A run with its student exported to ONNX fp32 on this machine (static batch 1, the default)."""
     run_dir = make_run(tmp_path_factory.mktemp("fingerprint"))
-    (record,) = export_run(run_dir.root, ["onnx"], ["fp32"])
+    (record,) = export_run(run_dir.root, ["onnx"], ["fp32"]).records
     return run_dir.root, record
 
 

@@ -16,7 +16,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from edgeft.errors import EdgeftError
 from edgeft.export import export_run
 from edgeft.export.base import load_student
 from edgeft.export.quantize import normalise, read_split
@@ -70,7 +69,7 @@ def test_layers_kept_in_float_hold_a_tight_max_drop(tmp_path):
     import onnx
 
     run_dir = outlier_run(tmp_path, FIRST)
-    (record,) = export_run(run_dir.root, ["onnx"], ["int8"], calib=8, onnx=fp32_onnx(run_dir), max_drop=1.0)
+    (record,) = export_run(run_dir.root, ["onnx"], ["int8"], calib=8, onnx=fp32_onnx(run_dir), max_drop=1.0).records
     assert record.reference_accuracy == 1.0 and record.accuracy >= 0.99
     q = record.quantization
     assert [t["calibrator"] for t in q["tried"][:3]] == ["minmax", "entropy", "percentile"]
@@ -93,9 +92,10 @@ def test_layers_kept_in_float_hold_a_tight_max_drop(tmp_path):
 
 def test_int8_is_refused_with_the_measured_drop_when_the_bound_cannot_hold(tmp_path):
     run_dir = outlier_run(tmp_path, EVERYWHERE)
-    with pytest.raises(EdgeftError, match="--max-drop 1: onnxruntime INT8 cannot hold it") as info:
-        export_run(run_dir.root, ["onnx"], ["fp32", "int8"], calib=8, onnx=fp32_onnx(run_dir), max_drop=1.0)
-    message = str(info.value)
+    result = export_run(run_dir.root, ["onnx"], ["fp32", "int8"], calib=8, onnx=fp32_onnx(run_dir), max_drop=1.0)
+    (refusal,) = result.refused
+    message = refusal.reason
+    assert refusal.precision == "int8" and "--max-drop 1: onnxruntime INT8 cannot hold it" in message
     drop = float(re.search(r"best of \d+ tries \(\w+ calibration, \d+ layers kept in float\) is ([\d.]+) points",
                            message).group(1))
     assert drop > 1.0 or re.search(r"failing: (cosine|top-1 agreement)", message)  # what broke, with numbers
@@ -111,7 +111,7 @@ def test_bad_max_drop_is_one_line(tiny_run, value):
 
 
 def test_without_max_drop_int8_is_one_minmax_calibration(shared_run):
-    (record,) = export_run(shared_run.root, ["onnx"], ["int8"], calib=8, onnx=fp32_onnx(shared_run))
+    (record,) = export_run(shared_run.root, ["onnx"], ["int8"], calib=8, onnx=fp32_onnx(shared_run)).records
     assert record.quantization == {"calibrator": "minmax", "kept_layers": [], "max_drop": None}
     assert np.isfinite(record.accuracy)
 

@@ -20,7 +20,10 @@ def test_profile_record_is_complete_and_consistent(tiny_onnx: Path) -> None:
     assert record["first_inference_ms"] > 0 and record["load_ms"] > 0
     sweep = record["throughput"]["sweep"]
     assert [row["batch"] for row in sweep] == [1, 2, 4][: len(sweep)] and sweep
-    assert record["throughput"]["best"] in sweep
+    best, at_batch = record["throughput"]["best"], record["throughput"]["images_per_s"]
+    assert at_batch == round(1e3 / lat["p50"], 2)  # batch 1: 1000 / p50 (edgeft.figures)
+    assert best["images_per_s"] == max([at_batch] + [row["images_per_s"] for row in sweep if row["batch"] != 1])
+    assert all(row["images_per_s"] == round(row["batch"] * 1e3 / row["latency_ms_p50"], 2) for row in sweep)
     assert record["memory"]["peak_rss_mb"] >= record["memory"]["rss_before_mb"] > 0
     assert record["layers"] and record["layer_profiler"].startswith("onnxruntime")
     assert record["config"]["threads"] == 1 and record["runtime"]["version"]
