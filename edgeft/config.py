@@ -58,6 +58,8 @@ class CompressConfig:
     aft_weights: str = "learned"  # learned | identity (ablation)
     aft_kernel: str = "linear"  # linear | rbf (ablation)
     aft_augment: bool = True  # random crop/flip of the student's view (the teacher's features: the whole image)
+    # Hinton KD (methods/baselines.py)
+    kd_targets: str = "cached"  # cached (the probed teacher's logits of each whole image) | online (every augmented batch)
     # KDEP (methods/kdep.py)
     unlabeled: str | None = None  # distillation images; default the labelled train images without labels
     align: str = "svd"  # svd | linear | channel-select

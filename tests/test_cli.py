@@ -287,6 +287,8 @@ def test_compress_into_a_log_shows_plain_progress_lines(tmp_path, tiny_data):
     result = run(tiny_args(tiny_data, tmp_path / "r", "--method", "stl"))
     assert result.exit_code == 0, result.output
     assert "stage finetune: 6/6 (100%), loss " in result.stderr
+
+
 def test_a_missing_extra_prints_its_install_command_literally(tmp_path, monkeypatch):
     from edgeft.runtime.tensorrt import TensorRtEngine
 

@@ -66,7 +66,7 @@ ROWS: list[Row] = [
     Row("scratch", "stl", init="scratch", note="resnet18 from random init"),
     Row("stl", "stl", init="upstream", note="upstream-pretrained resnet18, fine-tuned (the 'ImageNet-pretrained' row)"),
     Row("lp", "lp", init="upstream", note="upstream-pretrained resnet18, frozen, new head"),
-    Row("kd", "kd", init="scratch", uses_teacher=True, note="Hinton KD from the probed teacher, random-init student"),
+    Row("kd", "kd", init="scratch", uses_teacher=True, options={"kd_targets": "online"}, note="Hinton KD from the probed teacher, random-init student"),
     Row("fkd", "fkd", init="scratch", uses_teacher=True, note="feature KD + fine-tune, random-init student (papers' KD)"),
     Row("aft", "aft", init="upstream", uses_teacher=True, options={"beta": "auto", "aft_augment": False},
         note="AFT: β auto (3/10/30 on a 10% hold-out of seed 0, reused for seeds 1-2), learned μ, Adam, no augmentation"),

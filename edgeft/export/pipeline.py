@@ -14,7 +14,7 @@ from edgeft.artifacts import RunDir
 from edgeft.errors import ConfigError, EdgeftError, StrictError
 from edgeft.export.base import EXPORTERS, PRECISIONS, BatchShape, ExportJob, ExportRecord, load_student
 from edgeft.export.int8_guard import check_max_drop
-from edgeft.export.onnx import load_onnx, onnx_opset
+from edgeft.export.onnx import export_failure, load_onnx, onnx_opset
 from edgeft.export.preflight import pick_opset
 from edgeft.export.quantize import calibration_images
 from edgeft.export.validate import build_reference
@@ -139,6 +139,11 @@ def export_run(
                     except EdgeftError as exc:  # this engine alone is refused; the others go on
                         log.info("%s %s refused: %s", name, precision, exc)
                         result.refused.append(Refusal(name, precision, str(exc)))
+                    except Exception as exc:  # noqa: BLE001 - a converter's own error (e.g. OpenVINO's
+                        # OpConversionFailure) refuses this engine too, with its one-line summary
+                        log.info("%s %s refused: %s", name, precision, exc, exc_info=True)
+                        why = f"{name} {precision}: the conversion failed ({type(exc).__name__}: {export_failure(exc)})"
+                        result.refused.append(Refusal(name, precision, why))
         finally:
             write_records(run, result.records, result.refused)
     return result

@@ -100,3 +100,12 @@ def test_a_new_head_replaces_the_imagenet_classifier(tmp_path):
     model = models.create(models.resolve("tf_efficientnet_lite0", str(path), role="student"), 5, role="student")
     stem = next(t for k, (timm_key, t) in layout.items() if timm_key == "conv_stem.weight")
     assert model.model.classifier.out_features == 5 and torch.equal(model.model.conv_stem.weight, stem)
+
+
+def test_auto_student_weights_are_what_this_machine_has(monkeypatch):
+    monkeypatch.setattr(models, "_hub_cached", lambda repo: False)
+    monkeypatch.setattr(models, "_hub_reachable", lambda: False)
+    assert models.available_weights("resnet18") is None  # hub only: random init, with a warning
+    assert models.available_weights("tf_efficientnet_lite0").endswith(".pth")  # the installed package
+    monkeypatch.setattr(models, "_hub_reachable", lambda: True)
+    assert models.available_weights("resnet18") == "hub"

@@ -182,3 +182,26 @@ def test_export_never_imports_compress():
     code = ("import sys, edgeft.export; "
             "bad = [m for m in sys.modules if m.startswith('edgeft.compress')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_converter_crash_refuses_that_engine_and_the_line_goes_on(tmp_path, monkeypatch, tiny_data):
+    from click.testing import CliRunner
+
+    from edgeft.cli import cli
+    from edgeft.export import export_run
+    from edgeft.export.openvino import OpenVinoExporter
+    from tests.conftest import tiny_args
+
+    run = tmp_path / "run"
+    args = tiny_args(tiny_data, run, "--method", "stl")
+    args[args.index("--image-size") + 1] = "32"
+    assert CliRunner().invoke(cli, args).exit_code == 0
+
+    def crash(self, job, precision):
+        raise RuntimeError("Check 'false' failed: Model wasn't fully converted")
+
+    monkeypatch.setattr(OpenVinoExporter, "export", crash)
+    result = export_run(run, ["onnx", "openvino"], ["fp32"])
+    assert [(r.format, r.precision) for r in result.records] == [("onnx", "fp32")]
+    assert [(r.format, r.reason) for r in result.refused] == [
+        ("openvino", "openvino fp32: the conversion failed (RuntimeError: Check 'false' failed: Model wasn't fully converted)")]

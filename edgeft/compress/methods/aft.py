@@ -19,13 +19,13 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Subset
 
 from edgeft import artifacts
 from edgeft.compress import kernels as fused
 from edgeft.compress import losses
 from edgeft.compress.methods.base import Method, Recipe, TransferContext
-from edgeft.compress.methods.common import evaluate, probe_features
+from edgeft.compress.methods.common import Indexed, evaluate, probe_features
 from edgeft.compress.train import LossFn, Stage
 from edgeft.errors import ConfigError
 from edgeft.registry import unknown_name_message
@@ -79,21 +79,6 @@ class FeatureWeights(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return torch.sigmoid(self.s) if self.learned else torch.ones_like(self.s)
-
-
-class Indexed(Dataset):
-    """Rows `indices` of a labelled dataset as (image, [label, row]): the row finds the cached teacher features."""
-
-    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
-        self.dataset, self.indices = dataset, list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        row = self.indices[i]
-        image, label = self.dataset[row]
-        return image, torch.tensor([int(label), row])
 
 
 def aft_objective(

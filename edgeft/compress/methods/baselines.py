@@ -8,7 +8,8 @@ from torch.utils.data import Dataset
 
 from edgeft.compress.losses import hinton_kd
 from edgeft.compress.methods.base import Method, Recipe, TransferContext
-from edgeft.compress.methods.common import adapted_teacher, probe_features, set_classifier, train_linear_head
+from edgeft.compress.methods.common import (Indexed, adapted_teacher, probe_features, set_classifier,
+                                           train_linear_head)
 from edgeft.compress.train import Stage
 
 FINETUNE = Recipe(epochs=30, lr=0.05, optimizer="sgd", schedule="cosine", weight_decay=5e-4)
@@ -65,13 +66,24 @@ class LogitDistillation(Method):
     def fit(self, ctx: TransferContext) -> nn.Module:
         teacher = adapted_teacher(ctx)
         student = ctx.student
-        loader = ctx.loader(ctx.train_set(augment=True))
+        if ctx.config.kd_targets == "online":  # the teacher sees every augmented batch
+            loader = ctx.loader(ctx.train_set(augment=True))
 
-        def loss(images: torch.Tensor, labels: torch.Tensor):
-            logits = student(images)
+            def loss(images: torch.Tensor, labels: torch.Tensor):
+                logits = student(images)
+                with torch.no_grad():
+                    target = teacher(images)
+                return hinton_kd(logits, target, labels, KD_TEMPERATURE, KD_ALPHA), logits
+        else:  # cached: the probed teacher's logits of each whole image, from the probe's cached features
+            features, _ = probe_features(ctx, ctx.teacher(), ctx.teacher_specs[0])
             with torch.no_grad():
-                target = teacher(images)
-            return hinton_kd(logits, target, labels, KD_TEMPERATURE, KD_ALPHA), logits
+                targets = teacher.head(features.to(ctx.device))
+            loader = ctx.loader(Indexed(ctx.train_set(augment=True), range(len(ctx.images))))
+
+            def loss(images: torch.Tensor, target: torch.Tensor):
+                labels, rows = target[:, 0], target[:, 1]
+                logits = student(images)
+                return hinton_kd(logits, targets[rows], labels, KD_TEMPERATURE, KD_ALPHA), None  # target: [label, row]
 
         spec = ctx.spec(FINETUNE, steps_per_epoch=len(loader))
         ctx.trainer.run_stage(Stage("distill", {"student": student}, loss, loader, spec,

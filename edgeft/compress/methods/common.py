@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +126,21 @@ def probe_features(ctx: TransferContext, model, spec: ModelSpec) -> tuple[torch.
     train = features_of(ctx, model, ctx.train_set(augment=False), cache_key(name, "train"))
     val = features_of(ctx, model, ctx.val, cache_key(name, "val"))
     return train, val
+
+
+class Indexed(Dataset):
+    """Rows `indices` of a labelled dataset as (image, [label, row]): the row finds the cached teacher features."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.indices[i]
+        image, label = self.dataset[row]
+        return image, torch.tensor([int(label), row])
 
 
 class WithHead(nn.Module):
