@@ -114,6 +114,7 @@ def _png(fig) -> bytes:
 
 
 TEACHER_STAGE = "teacher"  # stages named teacher-* train on the teacher (its probe): a reference, not the student
+BASELINE_STAGE = "baseline"  # stages named baseline-* train a fresh student alone (the comparison), from epoch 1
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ def training_curves(metrics: list[dict]) -> dict[str, list[Curve]]:
     """metrics.jsonl rows → one Curve per stage, student stages and teacher stages apart.
 
     Student stages run one after another on the same model, so they share one epoch axis,
-    each stage starting where the previous ended; each teacher stage starts at epoch 1.
+    each stage starting where the previous ended; each teacher stage, and the baseline (the same
+    student fine-tuned alone, drawn beside the method's stages for comparison), starts at epoch 1.
     """
     stages: dict[str, list[dict]] = {}
     for row in metrics:
@@ -140,12 +142,12 @@ def training_curves(metrics: list[dict]) -> dict[str, list[Curve]]:
     curves: dict[str, list[Curve]] = {"student": [], "teacher": []}
     offset = 0
     for stage, rows in stages.items():
-        teacher = stage.startswith(TEACHER_STAGE)
-        start = 0 if teacher else offset
+        teacher, alone = stage.startswith(TEACHER_STAGE), stage.startswith(BASELINE_STAGE)
+        start = 0 if teacher or alone else offset
         x = [start + i for i in range(1, len(rows) + 1)]
         curves["teacher" if teacher else "student"].append(Curve(
             stage, x, [r["loss"] for r in rows], [r.get("train_acc") for r in rows], [r.get("val_acc") for r in rows]))
-        offset = offset if teacher else x[-1]
+        offset = offset if teacher or alone else x[-1]
     return curves
 
 
@@ -173,8 +175,8 @@ def plot_training(metrics: list[dict]) -> bytes | None:
                     ax.plot(*zip(*pts), ls=style, marker="o" if kind == "validation" else None, ms=3,
                             color=colour[c.stage], label=f"{c.stage} ({kind})")
         if who == "student":
-            for n, c in enumerate(curves["student"]):  # each stage's span: boundary and name on top
-                if n:
+            for n, c in enumerate(c for c in curves["student"] if not c.stage.startswith(BASELINE_STAGE)):
+                if n:  # each stage's span: boundary and name on top (the baseline's legend names it)
                     ax.axvline(c.x[0] - 0.5, color="grey", ls=":", lw=1)
                 ax.text((c.x[0] + c.x[-1]) / 2, 1.01, c.stage, transform=ax.get_xaxis_transform(), ha="center",
                         va="bottom", fontsize=7, color=colour[c.stage])
@@ -314,9 +316,22 @@ def _facts(report: Report) -> list[tuple[str, str]]:
             ("student", f"{student.get('name', '')} ({student.get('params', 0) / 1e6:.2f} M params, "
                         f"{student.get('macs', 0) / 1e6:.0f} MMACs)"),
             ("student accuracy", f"{acc:.2%}" if isinstance(acc, (int, float)) else "—"),
+            *_comparison(s),
             ("data", f"{data.get('train_images', '?')} training / {data.get('val_images', '?')} validation images, "
                      f"{data.get('classes', '?')} classes")] + [
             (f"refused: {r['format']} {r['precision']}", r["reason"]) for r in report.refused]
+
+
+def _comparison(summary: dict) -> list[tuple[str, str]]:
+    """What the teacher bought: the same student fine-tuned alone, the gain, and the teacher itself."""
+    rows = []
+    baseline, teacher = summary.get("baseline"), summary.get("teacher") or {}
+    if baseline:
+        rows += [("fine-tuned alone (stl)", f"{baseline['accuracy']:.2%}"),
+                 ("gain over fine-tuning alone", f"{100 * summary['gain_over_baseline']:+.2f} points")]
+    if isinstance(teacher.get("accuracy"), (int, float)):
+        rows.append((f"teacher ({teacher.get('evaluated_as') or 'evaluated'})", f"{teacher['accuracy']:.2%}"))
+    return rows
 
 
 NOTE = ("*measured*: timed on the device (warm-up, then runs until both the iteration and time minimum; "

@@ -56,6 +56,25 @@ def test_training_curves_are_per_stage_with_the_teacher_apart() -> None:
     assert curves["teacher"][0].val_acc == [None] * 3 and curves["student"][1].val_acc == [0.6] * 3
 
 
+def test_the_baseline_starts_at_epoch_one_beside_the_method() -> None:
+    rows = ([{"stage": "aft", "epoch": e, "loss": 1.0, "val_acc": 0.5} for e in (1, 2, 3)]
+            + [{"stage": "baseline-finetune", "epoch": e, "loss": 0.9, "val_acc": 0.4} for e in (1, 2)]
+            + [{"stage": "later", "epoch": 1, "loss": 0.5}])
+    curves = training_curves(rows)["student"]
+    assert [(c.stage, c.x) for c in curves] == [("aft", [1, 2, 3]), ("baseline-finetune", [1, 2]), ("later", [4])]
+
+
+def test_report_facts_put_the_student_beside_fine_tuning_alone_and_the_teacher(tmp_path) -> None:
+    from edgeft.report import _facts
+
+    summary = {"method": "aft", "student": {"name": "resnet18", "accuracy": 0.458, "params": 1, "macs": 1},
+               "teacher": {"name": "lite0", "accuracy": 0.672, "evaluated_as": "linear probe"},
+               "baseline": {"method": "stl", "accuracy": 0.426}, "gain_over_baseline": 0.032, "data": {}}
+    facts = dict(_facts(type("R", (), {"summary": summary, "refused": []})()))
+    assert facts["fine-tuned alone (stl)"] == "42.60%" and facts["gain over fine-tuning alone"] == "+3.20 points"
+    assert facts["teacher (linear probe)"] == "67.20%"
+
+
 def test_layer_bars_name_modules_and_sum_their_kernels() -> None:
     record = {"layers": [{"name": "relu_nchwc", "op": "Conv", "ms": 0.2, "module": "stem.conv"},
                          {"name": "relu_token_3", "op": "Conv", "ms": 0.1, "module": "stem.conv"},
