@@ -53,20 +53,16 @@ def mean_per_class_accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> fl
 
 @torch.no_grad()
 def features_of(ctx: TransferContext, model: nn.Module, dataset: Dataset, key: str) -> torch.Tensor:
-    """`model.features(images)` in eval mode over `dataset` in order, cached in the run directory under `key`."""
+    """`model.features(images)` in eval mode over `dataset` in order, cached in the run directory under `key`.
+
+    On a CPU they are computed through OpenVINO / ONNX Runtime (checked against PyTorch), else PyTorch."""
     from safetensors.torch import load_file, save_file
 
     path = ctx.run.cache / f"{key}.safetensors"
     if path.exists():
         return load_file(str(path))["features"]
-    loader = make_loader(dataset, EVAL_BATCH)
-    if _is_frozen(model):  # a teacher: through the fastest runtime (compress.teacher_engine)
-        features = frozen_outputs(model, loader, _features, ctx.device)
-    else:
-        was_training = model.training
-        model.eval()
-        features = torch.cat([model.features(images.to(ctx.device)).float().cpu() for images, _ in loader])
-        model.train(was_training)
+    # the model is fixed while its features are taken: through the fastest runtime (compress.teacher_engine)
+    features = frozen_outputs(model, make_loader(dataset, EVAL_BATCH), _features, ctx.device)
     if ctx.dist.is_main:
         artifacts.atomic_write(path, lambda tmp: save_file({"features": features.contiguous()}, tmp))
     return features
@@ -74,10 +70,6 @@ def features_of(ctx: TransferContext, model: nn.Module, dataset: Dataset, key: s
 
 def _features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model.features(images)
-
-
-def _is_frozen(model: nn.Module) -> bool:
-    return not any(p.requires_grad for p in model.parameters())
 
 
 def cache_key(*parts: str) -> str:
