@@ -54,3 +54,26 @@ def dump_json(path: Path, data: dict) -> None:
     from edgeft import artifacts
 
     artifacts.write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def pretrain_from_scratch(out: Path, arch: str, data: Path, image_size: int, epochs: int, batch_size: int = 128,
+                          lr: float = 0.1, seed: int = 0, classes: tuple[str, ...] = ()) -> Path:
+    """Supervised training of `arch` from random init (stl, SGD) into run directory `out`, cached: a finished
+    run is returned as it is, a killed one continues from its last checkpoint."""
+    from edgeft.artifacts import RunDir
+    from edgeft.cli import RichProgress
+    from edgeft.compress.pipeline import run_compress
+    from edgeft.config import CompressConfig
+
+    run = RunDir(out)
+    if run.summary.exists():
+        return out
+    cfg = CompressConfig(
+        teacher=(), student=arch, student_weights="none", data=str(data), classes=classes, method="stl",
+        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=5e-4, image_size=image_size, seed=seed,
+        out=str(out), resume=run.config.exists(),
+    )
+    summary = run_compress(cfg, progress=RichProgress)
+    print(f"{arch} {image_size}px on {data.name}: held-out top-1 {summary['student']['accuracy']:.2%} "
+          f"in {summary['seconds']:.0f} s")
+    return out

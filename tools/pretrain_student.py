@@ -15,12 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CACHE, require_shared  # noqa: E402
-
-from edgeft.artifacts import RunDir  # noqa: E402
-from edgeft.cli import RichProgress  # noqa: E402
-from edgeft.compress.pipeline import run_compress  # noqa: E402
-from edgeft.config import CompressConfig  # noqa: E402
+from _common import CACHE, pretrain_from_scratch, require_shared  # noqa: E402
 
 TINY_IMAGENET = "tiny-imagenet-200.zip"
 
@@ -29,17 +24,7 @@ def pretrained_student(arch: str, image_size: int, epochs: int, batch_size: int 
                        seed: int = 0) -> Path:
     """Trains `arch` from scratch on tiny-imagenet-200 train (or returns the finished run); its run directory."""
     out = CACHE / "student-pretrain" / f"{arch}-{image_size}px-{epochs}ep"
-    run = RunDir(out)
-    if run.summary.exists():
-        return out
-    cfg = CompressConfig(
-        teacher=(), student=arch, student_weights="none", data=str(require_shared(TINY_IMAGENET)), method="stl",
-        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=5e-4, image_size=image_size, seed=seed,
-        out=str(out), resume=run.config.exists(),
-    )
-    summary = run_compress(cfg, progress=RichProgress)
-    print(f"{arch} {image_size}px: tiny-imagenet val top-1 {summary['student']['accuracy']:.2%} in {summary['seconds']:.0f} s")
-    return out
+    return pretrain_from_scratch(out, arch, require_shared(TINY_IMAGENET), image_size, epochs, batch_size, lr, seed)
 
 
 def main() -> None:

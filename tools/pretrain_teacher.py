@@ -13,28 +13,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CACHE, UPSTREAM_CLASSES, require_cifar  # noqa: E402
-
-from edgeft.artifacts import RunDir  # noqa: E402
-from edgeft.cli import RichProgress  # noqa: E402
-from edgeft.compress.pipeline import run_compress  # noqa: E402
-from edgeft.config import CompressConfig  # noqa: E402
+from _common import CACHE, UPSTREAM_CLASSES, pretrain_from_scratch, require_cifar  # noqa: E402
 
 
 def pretrain(arch: str, epochs: int, batch_size: int = 128, lr: float = 0.1, seed: int = 0) -> Path:
     """Trains `arch` from scratch on the upstream classes; returns the run directory."""
-    out = CACHE / "upstream" / arch
-    run = RunDir(out)
-    if run.summary.exists():
-        return out
-    cfg = CompressConfig(
-        teacher=(), student=arch, student_weights="none", data=str(require_cifar()),
-        classes=UPSTREAM_CLASSES, method="stl", epochs=epochs, batch_size=batch_size, lr=lr,
-        weight_decay=5e-4, image_size=32, seed=seed, out=str(out), resume=run.config.exists(),
-    )
-    summary = run_compress(cfg, progress=RichProgress)
-    print(f"{arch}: upstream test accuracy {summary['student']['accuracy']:.2%} in {summary['seconds']:.0f} s")
-    return out
+    return pretrain_from_scratch(CACHE / "upstream" / arch, arch, require_cifar(), 32, epochs, batch_size, lr, seed,
+                                 classes=UPSTREAM_CLASSES)
 
 
 def main() -> None:
