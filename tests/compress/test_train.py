@@ -32,11 +32,11 @@ def without_timing(path) -> dict:
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     data = write_folder(tmp_path / "data", per_class=24, size=32)
-    args = tiny_args(data, tmp_path / "full", "--epochs", "6", "--image-size", "32")
+    args = tiny_args(data, tmp_path / "full", "--method", "stl", "--epochs", "6", "--image-size", "32")
     compress(*args)
 
     killed = tmp_path / "killed"
-    args_killed = tiny_args(data, killed, "--epochs", "6", "--image-size", "32")
+    args_killed = tiny_args(data, killed, "--method", "stl", "--epochs", "6", "--image-size", "32")
     proc = subprocess.Popen([sys.executable, "-m", "edgeft", *args_killed], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = killed / "checkpoints" / "finetune" / "last.pt"
