@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgeft import artifacts
+from edgeft.artifacts import ExportManifest, ProfileManifest, RunDir
 from edgeft.errors import EdgeftError
 from edgeft.runtime import BACKENDS, backend_for
 from edgeft.runtime.base import precision_from_name
@@ -41,12 +41,10 @@ class EngineRef:
 def run_engines(run_dir: Path) -> list[EngineRef]:
     """The student (torch) and every exported engine file recorded in export.json."""
     refs = []
-    summary = run_dir / "summary.json"
-    if (run_dir / "student" / "card.json").is_file():
-        accuracy = artifacts.read_json(summary).get("student", {}).get("accuracy") if summary.exists() else None
-        refs.append(EngineRef(run_dir, "torch", "fp32", accuracy))
-    manifest = run_dir / "export.json"
-    for row in artifacts.read_json(manifest).get("engines", []) if manifest.exists() else []:
+    run = RunDir(run_dir)
+    if run.student_card.is_file():
+        refs.append(EngineRef(run_dir, "torch", "fp32", run.read_summary().get("student", {}).get("accuracy")))
+    for row in ExportManifest.read(run_dir).engines:
         path = run_dir / row["path"]
         if path.is_file():
             refs.append(EngineRef(path, row["format"], row["precision"], row.get("accuracy"), row.get("batch")))
@@ -54,7 +52,8 @@ def run_engines(run_dir: Path) -> list[EngineRef]:
 
 
 def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "student" / "card.json").is_file() or (path / "export.json").is_file())
+    """Whether `path` is a run directory (a trained student or exported engines), not an engine."""
+    return RunDir(path).is_run()
 
 
 def profile_on_target(path: str | Path, target: str = "host", backend: str | None = None,
@@ -87,7 +86,7 @@ def profile_on_target(path: str | Path, target: str = "host", backend: str | Non
             relative = Path(os.path.relpath(Path(record["engine"]).resolve(), path.resolve())).as_posix()
             record["engine"] = "student" if relative == "." else relative
     if run:
-        save_records(path / "profiles" / f"{tgt.name}.json", tgt.name, records)
+        save_records(path, tgt.name, records)
     return records
 
 
@@ -95,11 +94,11 @@ def _key(record: dict) -> tuple:
     return record.get("engine"), record.get("backend"), record.get("precision"), record.get("label")
 
 
-def save_records(path: Path, target: str, records: list[dict]) -> Path:
-    """Writes the target's profile file, replacing earlier records of the same engine/backend/precision."""
-    old = artifacts.read_json(path).get("records", []) if path.exists() else []
+def save_records(run_dir: Path, target: str, records: list[dict]) -> Path:
+    """Writes the run's profile file of `target`, replacing earlier records of the same engine/backend/precision."""
+    old = ProfileManifest.read(run_dir, target).records
     fresh = {_key(r) for r in records}
-    return artifacts.write_json(path, {"target": target, "records": [r for r in old if _key(r) not in fresh] + records})
+    return ProfileManifest(target, [r for r in old if _key(r) not in fresh] + records).write(run_dir)
 
 
 def _annotate(record: dict, ref: EngineRef) -> dict:
