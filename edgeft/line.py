@@ -22,6 +22,7 @@ from edgeft.gate import Gate, for_command, run_rows
 from edgeft.modelcard import write_cards
 from edgeft.precision_policy import annotate, apply_policy
 from edgeft.report import Report, write_report
+from edgeft.runtime import target_formats
 from edgeft.runtime.dispatch import is_run_dir, profile_on_target
 from edgeft.runtime.profile import ProfileConfig
 from edgeft.targets import get_target
@@ -103,7 +104,7 @@ def with_target_exports(cfg: CompressConfig) -> CompressConfig:
         target = get_target(cfg.target)
     except ConfigError as exc:
         raise ConfigError(f"--target {cfg.target}: {exc}; list them with `edgeft targets`") from None
-    formats = cfg.formats or tuple(target.formats())
+    formats = cfg.formats or tuple(target_formats(target))
     precisions = cfg.precisions or tuple(p for p in target.precisions if p in EXPORT_PRECISIONS)
     return dataclasses.replace(cfg, target=target.name, formats=formats, precisions=precisions)
 

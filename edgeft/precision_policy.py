@@ -18,7 +18,7 @@ from typing import Any
 
 from edgeft.artifacts import ExportManifest, ProfileManifest, RunDir
 from edgeft.figures import batch_of
-from edgeft.runtime.dispatch import FORMAT_BACKEND
+from edgeft.runtime import FORMAT_BACKEND
 from edgeft.targets import get_target
 
 ORDER = ("fp32", "fp16", "int8")  # highest precision first

@@ -18,11 +18,11 @@ from edgeft import artifacts
 from edgeft.artifacts import ProfileManifest, RunDir
 from edgeft.errors import EdgeftError
 from edgeft.figures import AT_BATCH, BEST, DEFINITION, throughput
+from edgeft.runtime import FORMAT_BACKEND
 from edgeft.validated import Exports
 
 
 COLUMNS = ("target", "engine", "precision", "how", "p50 ms", "p90 ms", "p99 ms", AT_BATCH, BEST, "top-1", "speed-up")
-DEFAULT_BACKEND = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torch"}
 TOP_LAYERS = 15
 
 
@@ -76,7 +76,7 @@ def _speedup(check: dict | None) -> str:
 def _engine(record: dict) -> str:
     """The format, with the runtime named when it is not the format's own (e.g. onnx on openvino)."""
     fmt, backend = record.get("format") or "", record.get("backend") or ""
-    return fmt if DEFAULT_BACKEND.get(fmt) == backend else f"{fmt} ({backend})"
+    return fmt if FORMAT_BACKEND.get(fmt) == backend else f"{fmt} ({backend})"
 
 
 def _num(value: Any, digits: int = 3) -> str:

@@ -15,16 +15,14 @@ from typing import Any
 
 from edgeft.artifacts import ExportManifest, ProfileManifest, RunDir
 from edgeft.errors import EdgeftError
-from edgeft.runtime import BACKENDS, backend_for
+from edgeft.runtime import BACKENDS, FORMAT_BACKEND, backend_for, format_of, target_formats
 from edgeft.runtime.base import precision_from_name
 from edgeft.runtime.fingerprint import check_engine
 from edgeft.runtime.profile import ProfileConfig, profile_engine
-from edgeft.targets import BACKEND_FORMATS, Target, get_target
+from edgeft.targets import Target, get_target
 from edgeft.targets.estimate import estimate
 
 log = logging.getLogger(__name__)
-
-FORMAT_BACKEND = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torch"}
 
 
 @dataclass(frozen=True)
@@ -70,8 +68,7 @@ def profile_on_target(path: str | Path, target: str = "host", backend: str | Non
         if not refs:
             raise EdgeftError(f"{path}: no {backend or 'engine'} to profile; run `edgeft export {path}` first")
     elif path.is_file() or path.is_dir():
-        fmt = {"onnxruntime": "onnx"}.get(backend_for(path), backend_for(path))
-        refs = [EngineRef(path, fmt, precision_from_name(path) or "fp32")]
+        refs = [EngineRef(path, format_of(backend_for(path)), precision_from_name(path) or "fp32")]
     else:
         raise EdgeftError(f"{path}: no such engine file or run directory")
     if remote:
@@ -146,7 +143,7 @@ def _remote(refs: list[EngineRef], tgt: Target, backend: str | None, cfg: Profil
         records.append(_annotate(profile_remote(ref.path, url, token, name, _batch_config(cfg, ref)), ref))
     if not records:
         raise EdgeftError(f"--remote: no engine for {tgt.name}'s runtimes ({', '.join(tgt.backends)}); "
-                          f"export one with `edgeft export --format {','.join(tgt.formats())}`")
+                          f"export one with `edgeft export --format {','.join(target_formats(tgt))}`")
     return records
 
 
@@ -162,6 +159,5 @@ def _estimate(refs: list[EngineRef], tgt: Target, backend: str | None, precision
         exact = onnx.get(p)
         ref = exact or onnx.get("fp32") or next(iter(onnx.values()))
         record = estimate(ref.path, tgt, backend, p)
-        fmt = BACKEND_FORMATS.get(backend) or backend
-        records.append(_annotate(record, EngineRef(ref.path, fmt, p, exact.accuracy if exact else None)))
+        records.append(_annotate(record, EngineRef(ref.path, format_of(backend), p, exact.accuracy if exact else None)))
     return records
