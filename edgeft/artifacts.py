@@ -6,6 +6,7 @@ half-written file that a later step would trust.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -34,6 +35,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def cache_key(*parts: str) -> str:
+    """A short stable name for what a run caches under cache/ (features, images) from (model, weights, data)."""
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _umask() -> int:

@@ -16,6 +16,7 @@ from typing import Any
 from edgeft.artifacts import ExportManifest, ProfileManifest, RunDir
 from edgeft.errors import EdgeftError
 from edgeft.runtime import BACKENDS, FORMAT_BACKEND, backend_for, format_of, target_formats
+from edgeft.runtime.agent import profile_remote
 from edgeft.runtime.base import precision_from_name
 from edgeft.runtime.fingerprint import check_engine
 from edgeft.runtime.profile import ProfileConfig, profile_engine
@@ -133,8 +134,6 @@ def _batch_config(cfg: ProfileConfig, ref: EngineRef) -> ProfileConfig:
 
 def _remote(refs: list[EngineRef], tgt: Target, backend: str | None, cfg: ProfileConfig, url: str,
             token: str) -> list[dict]:
-    from edgeft.runtime.agent import profile_remote
-
     records = []
     for ref in refs:
         name = backend or FORMAT_BACKEND[ref.format]
