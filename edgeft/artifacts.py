@@ -166,6 +166,10 @@ class RunDir:
         """Every target's profile file, host first, then by name."""
         return sorted(self.profiles.glob("*.json"), key=lambda p: (p.stem != "host", p.stem))
 
+    def method_record(self, method: str) -> Path:
+        """What a method records about its run (aft.json, kdep.json, irf.json, digg.json)."""
+        return self.root / f"{method}.json"
+
     def card(self, target: str, suffix: str = ".md") -> Path:
         """The model card of one target: cards/<target>.md or .json."""
         return self.cards / f"{target}{suffix}"

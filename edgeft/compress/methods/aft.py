@@ -119,7 +119,7 @@ class AdaptiveFeatureTransfer(Method):
         weights = self._train(ctx, "aft", range(len(ctx.images)), psi, beta, learned, distance,
                               lambda: evaluate(ctx.student, ctx.val, ctx.device))
         if ctx.dist.is_main:
-            artifacts.write_json(ctx.run.root / "aft.json", _record(ctx, beta, grid, weights(), dims))
+            artifacts.write_json(ctx.run.method_record("aft"), _record(ctx, beta, grid, weights(), dims))
         return ctx.student
 
     @staticmethod

@@ -87,7 +87,7 @@ def digg_distill(ctx: TransferContext, teacher: nn.Module) -> None:
     images = kd_images(ctx)
     distill_features(ctx, teacher, images, "digg-distill", DIGG_KD, project=False)
     if ctx.dist.is_main:
-        artifacts.write_json(ctx.run.root / "digg.json", {
+        artifacts.write_json(ctx.run.method_record("digg"), {
             "kd_data": ctx.config.kd_data, "distillation_images": len(images),
             "generation": ctx.notes.get("digg"), "teacher_width": teacher.num_features,
             "student_width": ctx.student.num_features,

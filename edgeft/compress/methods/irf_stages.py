@@ -120,7 +120,7 @@ def adapt(ctx: TransferContext, spec: models.ModelSpec, model: nn.Module | None 
     calibrate(ctx, model, calib_set(ctx, views), ctx.val, calib_spec, "irf-calibrate")
     accuracy = evaluate(model, ctx.val, ctx.device)
     if ctx.dist.is_main:
-        artifacts.write_json(ctx.run.root / "irf.json", {
+        artifacts.write_json(ctx.run.method_record("irf"), {
             "adapted": spec.display_name,
             "pack": {"path": str(pack.path), "sha256": pack.digest, "image_size": pack.meta.get("image_size"),
                      "heldout_psnr_db": pack.meta.get("heldout", {}).get("psnr_db")},

@@ -124,7 +124,7 @@ class DistillationAsPretraining(Method):
             for tap in [*teacher_taps, student_tap]:
                 tap.remove()
         if ctx.dist.is_main:
-            artifacts.write_json(ctx.run.root / "kdep.json", {
+            artifacts.write_json(ctx.run.method_record("kdep"), {
                 "align": align, "transform": transform, "distillation_images": len(images),
                 "unlabeled": cfg.unlabeled, "teacher_taps": [t.path for t in teacher_taps],
                 "student_tap": student_tap.path, "teacher_width": width, "student_width": student_tap.dim, **stats,
