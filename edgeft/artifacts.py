@@ -6,6 +6,7 @@ half-written file that a later step would trust.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -34,6 +35,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def cache_key(*parts: str) -> str:
+    """A short stable name for what a run caches under cache/ (features, images) from (model, weights, data)."""
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _umask() -> int:
@@ -125,7 +131,7 @@ class StudentCard:
 
 
 class RunDir:
-    """The layout of one run directory (DESIGN.md: runs/<name>/)."""
+    """The layout of one run directory (DESIGN.md: runs/<name>/): the one place that names its files."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
@@ -141,13 +147,43 @@ class RunDir:
     data_split = property(lambda self: self.root / "data_split.json")
     cache = property(lambda self: self.root / "cache")
     engines = property(lambda self: self.root / "engines")
+    export_manifest = property(lambda self: self.root / "export.json")
+    profiles = property(lambda self: self.root / "profiles")
+    cards = property(lambda self: self.root / "cards")
+    report_markdown = property(lambda self: self.root / "report.md")
+    report_html = property(lambda self: self.root / "report.html")
+    report_assets = property(lambda self: self.root / "report")  # the PNGs report.md links to
 
     def stage_dir(self, stage: str) -> Path:
         """Checkpoint folder of one training stage."""
         return self.checkpoints / stage
 
+    def profile(self, target: str) -> Path:
+        """The profile records of one target (its canonical name)."""
+        return self.profiles / f"{target}.json"
+
+    def profile_files(self) -> list[Path]:
+        """Every target's profile file, host first, then by name."""
+        return sorted(self.profiles.glob("*.json"), key=lambda p: (p.stem != "host", p.stem))
+
+    def method_record(self, method: str) -> Path:
+        """What a method records about its run (aft.json, kdep.json, irf.json, digg.json)."""
+        return self.root / f"{method}.json"
+
+    def card(self, target: str, suffix: str = ".md") -> Path:
+        """The model card of one target: cards/<target>.md or .json."""
+        return self.cards / f"{target}{suffix}"
+
+    def is_run(self) -> bool:
+        """Whether this directory holds a run: a trained student or exported engines."""
+        return self.root.is_dir() and (self.student_card.is_file() or self.export_manifest.is_file())
+
     def has_student(self) -> bool:
         return self.student_weights.exists() and self.student_card.exists()
+
+    def read_summary(self) -> dict:
+        """summary.json's content (empty when the run has none yet)."""
+        return read_json(self.summary) if self.summary.exists() else {}
 
     def read_card(self) -> StudentCard:
         if not self.has_student():
@@ -156,3 +192,66 @@ class RunDir:
                 "run `edgeft compress --out DIR` first"
             )
         return StudentCard.from_json(read_json(self.student_card))
+
+
+def _key(row: dict) -> tuple[Any, Any]:
+    return row.get("format"), row.get("precision")
+
+
+@dataclass
+class ExportManifest:
+    """export.json: the engines that passed validation against PyTorch (`engines`, rows of
+    ExportRecord.to_json()) and the format × precision pairs refused, with the reason (`refused`)."""
+
+    engines: list[dict] = field(default_factory=list)
+    refused: list[dict] = field(default_factory=list)
+    run: str = ""
+    updated: str = ""
+
+    @classmethod
+    def read(cls, run_dir: str | os.PathLike) -> "ExportManifest":
+        """The run's manifest; empty when nothing was exported."""
+        path = RunDir(run_dir).export_manifest
+        data = read_json(path) if path.exists() else {}
+        return cls(list(data.get("engines", [])), list(data.get("refused", [])), data.get("run", ""),
+                   data.get("updated", ""))
+
+    def write(self, run_dir: str | os.PathLike) -> Path:
+        """Atomically writes the manifest into the run."""
+        return write_json(RunDir(run_dir).export_manifest, {
+            "run": self.run, "updated": self.updated, "engines": self.engines, "refused": self.refused})
+
+    def engine(self, fmt: str, precision: str) -> dict | None:
+        """The passed row of one format × precision, if any."""
+        return next((r for r in self.engines if _key(r) == (fmt, precision)), None)
+
+    def by_key(self) -> dict[tuple[Any, Any], dict]:
+        """The passed rows by (format, precision)."""
+        return {_key(r): r for r in self.engines}
+
+    def reasons(self) -> dict[tuple[Any, Any], str]:
+        """Why each refused (format, precision) was refused."""
+        return {_key(r): r.get("reason", "") for r in self.refused}
+
+
+@dataclass
+class ProfileManifest:
+    """profiles/<target>.json: the profile records of one target (measured or estimated)."""
+
+    target: str
+    records: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, run_dir: str | os.PathLike, target: str) -> "ProfileManifest":
+        """The target's records; empty when it was never profiled."""
+        return cls.read_file(RunDir(run_dir).profile(target), target)
+
+    @classmethod
+    def read_file(cls, path: str | os.PathLike, target: str = "") -> "ProfileManifest":
+        """One profile file (a missing file holds no records)."""
+        data = read_json(path) if Path(path).exists() else {}
+        return cls(data.get("target", target or Path(path).stem), list(data.get("records", [])))
+
+    def write(self, run_dir: str | os.PathLike) -> Path:
+        """Atomically writes the target's profile file into the run."""
+        return write_json(RunDir(run_dir).profile(self.target), {"target": self.target, "records": self.records})

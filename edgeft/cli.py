@@ -223,62 +223,22 @@ _few_data_options = _options(FEW_DATA_OPTIONS)
 def compress(ctx: click.Context, config_file: str | None, fail_if: str | None, strict: bool, **options: Any) -> None:
     """Transfer a teacher's knowledge into a small student with few labelled images."""
     from edgeft.config import CompressConfig, build_config
+    from edgeft.line import Show, run_line
 
     explicit = _explicit(ctx, options)
     options = {k: (tuple(v) if v else None) if isinstance(v, tuple) else v for k, v in options.items()}
     for key in ("classes", "formats", "precisions"):
         if options.get(key):
             options[key] = _split(options[key])
-    cfg = build_config(CompressConfig, config_file, **options)
-    _check_method(cfg.method)  # options are checked before torch is imported: a typo fails in a second
-    if cfg.target:  # an unknown target fails now, not after training
-        from edgeft.deploy import with_target_exports
-
-        cfg = with_target_exports(cfg)
-    gate = _gate(fail_if, "compress", exported=bool(cfg.formats), target=cfg.target)  # a bad --fail-if fails now
-    if cfg.formats:  # a typo in --format fails now, not after training
-        cfg = _prepare_export(cfg)
-        checked = _preflight(cfg)  # so does an op the student cannot export or a runtime cannot run
-    from edgeft.compress.pipeline import run_compress
-
-    summary = run_compress(cfg, {k: options[k] for k in explicit}, progress=RichProgress)
-    _show_summary(summary)
-    if cfg.formats:
-        from edgeft.export import BatchShape, export_run
-
-        exported = export_run(cfg.out, cfg.formats, cfg.precisions, batch=BatchShape.parse(profile=cfg.batch_profile),
-                              opset=checked.opset, max_drop=cfg.max_drop)
-        _show_exports(exported)
-    if cfg.target:  # profile, report and cards cover the engines that passed
-        from edgeft.deploy import profile_and_report
-
-        _show_report(profile_and_report(cfg.out, cfg.target))
-    if cfg.formats:
-        exported.check(strict)
-    if gate:
-        from edgeft.gate import run_rows
-
-        _judge(gate, run_rows(cfg.out, cfg.target, bool(cfg.formats)))
+    show = Show(preflight=lambda checked: _say(checked.summary()), summary=_show_summary, exports=_show_exports,
+                report=_show_report, gate=_say)
+    run_line(build_config(CompressConfig, config_file, **options), {k: options[k] for k in explicit},
+             fail_if=fail_if, strict=strict, progress=RichProgress, show=show)
 
 
-def _check_method(name: str) -> None:
-    """An unknown --method fails here, from the light METHODS table (no torch import)."""
-    from edgeft.compress.methods import METHODS
-    from edgeft.errors import ConfigError
-
-    try:
-        METHODS.canonical(name)
-    except ConfigError as exc:
-        raise ConfigError(f"--method {name}: {exc}; list them with `edgeft methods`") from None
-
-
-def _preflight(cfg: Any) -> Any:
-    """Exports the untrained student to the requested formats before training (edgeft.export.preflight)."""
-    from edgeft.deploy import preflight_student
-
-    checked = preflight_student(cfg)
-    console.print(checked.summary(), highlight=False, soft_wrap=True)
-    return checked
+def _say(line: str) -> None:
+    """One line on stderr (the pre-flight's summary, the gate's verdict), printed as it is."""
+    console.print(line, highlight=False, soft_wrap=True)
 
 
 def _gate(expression: str | None, command: str, **facts: Any) -> Any:
@@ -290,7 +250,7 @@ def _gate(expression: str | None, command: str, **facts: Any) -> Any:
 
 def _judge(gate: Any, rows: list[dict]) -> None:
     """Raises GateFailed (exit 3) naming the violated figures, else prints that the gate passed."""
-    console.print(gate.judge(rows), highlight=False, soft_wrap=True)
+    _say(gate.judge(rows))
 
 
 @cli.command()
@@ -363,20 +323,6 @@ def generate(**options: Any) -> None:
 
 def _split(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
-def _prepare_export(cfg: Any) -> Any:
-    """Checks the export request and fixes the run directory that it will read."""
-    import dataclasses
-
-    from edgeft.compress.pipeline import prepare_run
-    from edgeft.export import check_request
-    from edgeft.export.int8_guard import check_max_drop
-
-    formats, precisions = check_request(cfg.formats, cfg.precisions or ("fp32",))
-    check_max_drop(cfg.max_drop)
-    out = cfg.out or str(prepare_run(cfg, {})[1].root)
-    return dataclasses.replace(cfg, formats=tuple(formats), precisions=tuple(precisions), out=out)
 
 
 @cli.command("export")
@@ -499,37 +445,25 @@ def profile(engine: str, target: str, backend: str | None, precision: str | None
     for RUN_DIR a lower precision is kept only where it is >= 1.02x faster (export.json says why not)."""
     from pathlib import Path
 
-    from edgeft import artifacts
-    from edgeft.precision_policy import annotate, apply_policy
+    from edgeft import artifacts, line
+    from edgeft.gate import profile_rows
     from edgeft.report import summary_rows
-    from edgeft.runtime.dispatch import is_run_dir, profile_on_target
     from edgeft.runtime.profile import ProfileConfig
 
-    run = is_run_dir(Path(engine))
+    run = line.is_run_dir(Path(engine))
     gate = _gate(fail_if, "profile", target=target, run=run, remote=bool(remote))
     if rebuild:
-        _rebuild(engine, run, remote)
-    records = profile_on_target(engine, target, backend, ProfileConfig(**measure), precision, remote, token)
-    if run:
-        annotate(records, apply_policy(engine, target))
+        _show_rebuilt(line.rebuild(engine, run, remote))
+    records = line.profile(engine, target, backend, ProfileConfig(**measure), precision, remote, token)
     if json_out:
         artifacts.write_json(json_out, records)
     _show_rows(summary_rows(records), f"edgeft profile · {target}")
     if gate:
-        from edgeft.gate import profile_rows
-
         _judge(gate, profile_rows(records, engine if run else None))
 
 
-def _rebuild(run_dir: str, run: bool, remote: str | None) -> None:
-    """`profile --rebuild`: re-exports the run's engines whose fingerprint does not fit this machine."""
-    from edgeft.errors import ConfigError
-    from edgeft.export import rebuild_stale
-
-    if not run or remote:
-        raise ConfigError("--rebuild: pass a run directory profiled on this machine (without --remote); "
-                          "on a device, run `edgeft profile RUN --rebuild` there")
-    rebuilt = rebuild_stale(run_dir)
+def _show_rebuilt(rebuilt: Any) -> None:
+    """`profile --rebuild`: the re-exported engines (exit 4 when one is refused), or that none was stale."""
     if rebuilt.requested:
         _show_exports(rebuilt)
         rebuilt.check()
@@ -612,12 +546,9 @@ def agent(**options: Any) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def report(run_dir: str) -> None:
     """Write RUN_DIR/report.md, a self-contained report.html and cards/<target>.md|json per profiled target."""
-    from edgeft.modelcard import write_cards
-    from edgeft.report import write_report
+    from edgeft.line import report_run
 
-    rep = write_report(run_dir)
-    rep.cards = write_cards(run_dir)
-    _show_report(rep)
+    _show_report(report_run(run_dir))
 
 
 @cli.command()

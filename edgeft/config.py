@@ -163,11 +163,6 @@ def build_config(cls: type[C], yaml_path: str | None = None, **overrides: Any) -
     return cls(**values)
 
 
-def config_from_yaml_file(cls: type[C], path: str | Path) -> C:
-    """Reads a config written by `to_dict` back (e.g. the resolved config of a run)."""
-    return build_config(cls, str(path))
-
-
 def _is_tuple_field(f: dataclasses.Field) -> bool:
     return "tuple" in str(f.type)
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from edgeft import artifacts
+from edgeft.artifacts import ExportManifest, ProfileManifest, RunDir
 from edgeft.errors import EdgeftError
 from edgeft.figures import throughput
 from edgeft.precision_policy import dropped
+from edgeft.targets import get_target
 
 METRICS = {
     "top1_drop": "accuracy points lost vs PyTorch fp32 on the held-out images (export validation)",
@@ -201,8 +202,6 @@ def for_command(text: str, command: str, *, exported: bool = False, target: str 
     profile gives latency figures (all when measured, p50/fps when estimated) and, for a run
     directory, the export figures of each engine.
     """
-    from edgeft.targets import get_target
-
     gate = parse(text)
     latency: tuple[str, ...] = ()
     if target is not None:
@@ -236,10 +235,7 @@ def export_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def profile_rows(records: list[dict[str, Any]], run_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Gate rows from profile records, joined with the run's export figures; the PyTorch student
     (the reference) and engines dropped as not faster (precision_check) are left out."""
-    exports: dict[tuple[str, str], dict] = {}
-    if run_dir is not None and (Path(run_dir) / "export.json").exists():
-        for r in artifacts.read_json(Path(run_dir) / "export.json").get("engines", []):
-            exports[(r["format"], r["precision"])] = export_rows([r])[0]
+    exports = {key: export_rows([r])[0] for key, r in ExportManifest.read(run_dir).by_key().items()} if run_dir else {}
     rows = []
     for r in records:
         if r.get("format") == "torch" or dropped(r):
@@ -261,13 +257,9 @@ def profile_rows(records: list[dict[str, Any]], run_dir: str | Path | None = Non
 
 def run_rows(run_dir: str | Path, target: str | None, exported: bool) -> list[dict[str, Any]]:
     """The rows of `edgeft compress`: the target's profiles, else the engines, else the student."""
-    root = Path(run_dir)
     if target is not None:
-        from edgeft.targets import get_target
-
-        path = root / "profiles" / f"{get_target(target).name}.json"
-        return profile_rows(artifacts.read_json(path).get("records", []), root)
+        return profile_rows(ProfileManifest.read(run_dir, get_target(target).name).records, run_dir)
     if exported:
-        return export_rows(artifacts.read_json(root / "export.json").get("engines", []))
-    accuracy = artifacts.read_json(root / "summary.json").get("student", {}).get("accuracy")
+        return export_rows(ExportManifest.read(run_dir).engines)
+    accuracy = RunDir(run_dir).read_summary().get("student", {}).get("accuracy")
     return [{"name": "student (PyTorch)", **({"accuracy": 100 * accuracy} if accuracy is not None else {})}]

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgeft import artifacts
+from edgeft.artifacts import ProfileManifest, RunDir
 from edgeft.errors import EdgeftError
 from edgeft.figures import AT_BATCH, BEST, DEFINITION, Throughput, batch_of, throughput
 from edgeft.precision_policy import ORDER, apply_policy, dropped
+from edgeft.runtime.dispatch import profile_on_target
+from edgeft.runtime.profile import ProfileConfig
 from edgeft.targets import TARGETS, get_target
 from edgeft.validated import NOT_BUILT, Exports
 
@@ -70,13 +73,14 @@ def _engine(record: dict, exports: Exports) -> dict[str, Any]:
 
 def build_card(run_dir: str | Path, target: str) -> dict[str, Any]:
     """The card of one target from the run's profiles/<target>.json, export.json and summary."""
-    root, tgt = Path(run_dir), get_target(target)
-    path = root / "profiles" / f"{tgt.name}.json"
-    if not path.exists():
-        raise EdgeftError(f"{path}: no profiles for {tgt.name}; run `edgeft card {root} --target {tgt.name}`")
-    records = artifacts.read_json(path).get("records", [])
-    summary = artifacts.read_json(root / "summary.json") if (root / "summary.json").exists() else {}
-    student = artifacts.read_json(root / "student" / "card.json") if (root / "student" / "card.json").exists() else {}
+    run, tgt = RunDir(run_dir), get_target(target)
+    root = run.root
+    if not run.profile(tgt.name).exists():
+        raise EdgeftError(f"{run.profile(tgt.name)}: no profiles for {tgt.name}; "
+                          f"run `edgeft card {root} --target {tgt.name}`")
+    records = ProfileManifest.read(run.root, tgt.name).records
+    summary = run.read_summary()
+    student = artifacts.read_json(run.student_card) if run.student_card.exists() else {}
     exports = Exports.read(root)
     rank = {p: i for i, p in enumerate(ORDER)}
     records = sorted(records, key=lambda r: (r.get("format") != "torch", r.get("format") or "",
@@ -223,30 +227,29 @@ def markdown(card: dict[str, Any]) -> str:
 
 def write_cards(run_dir: str | Path, targets: Iterable[str] | None = None) -> list[Path]:
     """Writes cards/<target>.{md,json} for `targets` (default: every target with profiles); returns the .md paths."""
-    root = Path(run_dir)
+    run = RunDir(run_dir)
     if targets is None:
-        targets = sorted(p.stem for p in (root / "profiles").glob("*.json") if p.stem in TARGETS.names())
+        targets = sorted(p.stem for p in run.profile_files() if p.stem in TARGETS.names())
     written = []
     for target in targets:
-        card = build_card(root, target)
+        card = build_card(run.root, target)
         name = card["target"]["name"]
-        artifacts.write_json(root / "cards" / f"{name}.json", card)
-        written.append(artifacts.write_text(root / "cards" / f"{name}.md", markdown(card)))
+        artifacts.write_json(run.card(name, ".json"), card)
+        written.append(artifacts.write_text(run.card(name, ".md"), markdown(card)))
     return written
 
 
 def make_cards(run_dir: str | Path, targets: Iterable[str] = ("all",), cfg=None) -> list[Path]:
     """Cards for `targets` ('all': every registered target), profiling targets that have no profiles
     first (host measured, others estimated), then keeping precisions only where faster."""
-    from edgeft.runtime.dispatch import is_run_dir, profile_on_target
-    from edgeft.runtime.profile import ProfileConfig
-
-    root = Path(run_dir)
-    if not is_run_dir(root):
-        raise EdgeftError(f"{root}: not a run directory (no student/card.json or export.json)")
+    run = RunDir(run_dir)
+    root = run.root
+    if not run.is_run():
+        raise EdgeftError(f"{root}: not a run directory (no {run.student_card.relative_to(root)} or "
+                          f"{run.export_manifest.name})")
     names = list(TARGETS.names()) if "all" in targets else [get_target(t).name for t in targets]
     for name in names:
-        if not (root / "profiles" / f"{name}.json").exists():
+        if not run.profile(name).exists():
             log.info("profiling %s on %s", root.name, name)
             profile_on_target(root, name, cfg=cfg or ProfileConfig())
         apply_policy(root, name)

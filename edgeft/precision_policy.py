@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeft import artifacts
+from edgeft.artifacts import ExportManifest, ProfileManifest, RunDir
 from edgeft.figures import batch_of
-from edgeft.runtime.dispatch import FORMAT_BACKEND
+from edgeft.runtime import FORMAT_BACKEND
 from edgeft.targets import get_target
 
 ORDER = ("fp32", "fp16", "int8")  # highest precision first
@@ -93,29 +93,32 @@ def _check_key(decision: Decision) -> str:
 
 
 def apply_policy(run_dir: str | Path, target: str, min_speedup: float = MIN_SPEEDUP) -> list[Decision]:
-    """Decides on the run's profiles for `target`; marks profiles/<target>.json and export.json."""
-    root, name = Path(run_dir), get_target(target).name
-    path = root / "profiles" / f"{name}.json"
-    if not path.exists():
+    """Decides on the run's profiles for `target`; marks its profile records and export manifest rows."""
+    run, name = RunDir(run_dir), get_target(target).name
+    if not run.profile(name).exists():
         return []
-    profile = artifacts.read_json(path)
-    decisions = decide(profile.get("records", []), min_speedup)
-    annotate(profile.get("records", []), decisions)
-    artifacts.write_json(path, profile)
-    manifest = root / "export.json"
-    if manifest.exists():
-        data = artifacts.read_json(manifest)
-        for row in data.get("engines", []):
-            for d in decisions:
-                if (row.get("format"), row.get("precision")) == (d.format, d.precision):
-                    row.setdefault("speed_check", {})[_check_key(d)] = d.to_json()
-            checks = row.get("speed_check") or {}
-            if checks:
-                row["kept"] = all(c["kept"] for c in checks.values())
-                dropped = [c["reason"] for c in checks.values() if not c["kept"]]
-                row["dropped_because"] = "; ".join(dropped) if dropped else None
-        artifacts.write_json(manifest, data)
+    profile = ProfileManifest.read(run_dir, name)
+    decisions = decide(profile.records, min_speedup)
+    annotate(profile.records, decisions)
+    profile.write(run_dir)
+    if run.export_manifest.exists():
+        manifest = ExportManifest.read(run_dir)
+        for row in manifest.engines:
+            _mark(row, decisions)
+        manifest.write(run_dir)
     return decisions
+
+
+def _mark(row: dict, decisions: list[Decision]) -> None:
+    """Records the decisions on one export manifest row: speed_check per target, kept, dropped_because."""
+    for d in decisions:
+        if (row.get("format"), row.get("precision")) == (d.format, d.precision):
+            row.setdefault("speed_check", {})[_check_key(d)] = d.to_json()
+    checks = row.get("speed_check") or {}
+    if checks:
+        row["kept"] = all(c["kept"] for c in checks.values())
+        dropped = [c["reason"] for c in checks.values() if not c["kept"]]
+        row["dropped_because"] = "; ".join(dropped) if dropped else None
 
 
 def dropped(record: dict) -> bool:

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from edgeft import artifacts
-from edgeft.artifacts import RunDir
+from edgeft.artifacts import ProfileManifest, RunDir
 from edgeft.errors import EdgeftError
 from edgeft.figures import AT_BATCH, BEST, DEFINITION, throughput
+from edgeft.runtime import FORMAT_BACKEND
 from edgeft.validated import Exports
 
 
 COLUMNS = ("target", "engine", "precision", "how", "p50 ms", "p90 ms", "p99 ms", AT_BATCH, BEST, "top-1", "speed-up")
-DEFAULT_BACKEND = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torch"}
 TOP_LAYERS = 15
 
 
@@ -42,8 +42,7 @@ class Report:
 
 def profile_records(run: RunDir) -> list[dict]:
     """All profile records of the run, host first."""
-    files = sorted((run.root / "profiles").glob("*.json"), key=lambda p: (p.stem != "host", p.stem))
-    return [r for f in files for r in artifacts.read_json(f).get("records", [])]
+    return [r for f in run.profile_files() for r in ProfileManifest.read_file(f).records]
 
 
 def summary_rows(records: list[dict]) -> list[dict]:
@@ -77,7 +76,7 @@ def _speedup(check: dict | None) -> str:
 def _engine(record: dict) -> str:
     """The format, with the runtime named when it is not the format's own (e.g. onnx on openvino)."""
     fmt, backend = record.get("format") or "", record.get("backend") or ""
-    return fmt if DEFAULT_BACKEND.get(fmt) == backend else f"{fmt} ({backend})"
+    return fmt if FORMAT_BACKEND.get(fmt) == backend else f"{fmt} ({backend})"
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -296,15 +295,15 @@ def build_report(run_dir: str | Path) -> Report:
 
 def write_report(run_dir: str | Path) -> Report:
     """Writes report.md (+ report/*.png) and the self-contained report.html into the run."""
-    report = build_report(run_dir)
-    assets = report.run / "report"
+    report, run = build_report(run_dir), RunDir(run_dir)
+    assets = run.report_assets
     pngs = {}
     for title, data in report.figures.items():
         name = "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-") + ".png"
         artifacts.write_bytes(assets / name, data)
-        pngs[title] = f"report/{name}"
-    report.markdown = artifacts.write_text(report.run / "report.md", _markdown(report, pngs))
-    report.html = artifacts.write_text(report.run / "report.html", _html(report))
+        pngs[title] = f"{assets.name}/{name}"
+    report.markdown = artifacts.write_text(run.report_markdown, _markdown(report, pngs))
+    report.html = artifacts.write_text(run.report_html, _html(report))
     return report
 
 

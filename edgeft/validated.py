@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeft import artifacts
+from edgeft.artifacts import ExportManifest
 
 NOT_BUILT = "estimate; engine not built here"
 
@@ -25,10 +25,9 @@ class Exports:
 
     @classmethod
     def read(cls, run_dir: str | Path) -> "Exports":
-        path = Path(run_dir) / "export.json"
-        data = artifacts.read_json(path) if path.exists() else {}
-        return cls({(r.get("format"), r.get("precision")): r for r in data.get("engines", [])},
-                   {(r.get("format"), r.get("precision")): r.get("reason", "") for r in data.get("refused", [])})
+        """The run's export manifest, keyed by (format, precision)."""
+        manifest = ExportManifest.read(run_dir)
+        return cls(manifest.by_key(), manifest.reasons())
 
     def validation(self, record: dict) -> tuple[dict[str, Any], str]:
         """The export.json row that validates a profile record's engine, and its status in words.

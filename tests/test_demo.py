@@ -56,15 +56,15 @@ def test_demo_runs_offline(tmp_path, monkeypatch):
 def test_demo_to_host_goes_on_past_a_refused_precision(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from edgeft import deploy
+    from edgeft import line
     from edgeft.export.onnx import OnnxExporter
     from edgeft.runtime.profile import ProfileConfig
 
     impossible = replace(OnnxExporter.tolerances["int8"], min_cosine=1.1)  # onnx int8 can never pass
     monkeypatch.setattr(OnnxExporter, "tolerances", {**OnnxExporter.tolerances, "int8": impossible})
     quick = ProfileConfig(warmup=1, iterations=3, seconds=0, threads=1, max_batch=2, layer_runs=1)
-    profile = deploy.profile_on_target
-    monkeypatch.setattr(deploy, "profile_on_target", lambda run, target, cfg=None: profile(run, target, cfg=quick))
+    profile = line.profile_on_target
+    monkeypatch.setattr(line, "profile_on_target", lambda run, target, **options: profile(run, target, **{**options, "cfg": quick}))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "demo-host"
     args = ["compress", "--teacher", "demo", "--data", "demo", "--shots", "4", "--epochs", "1", "--image-size", "32",

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CACHE, RESULTS, ROOT, dump_json, provenance  # noqa: E402
 
 from edgeft import artifacts  # noqa: E402
+from edgeft.artifacts import ExportManifest, RunDir  # noqa: E402
 from edgeft.export import export_run  # noqa: E402
 from edgeft.export.base import library_version  # noqa: E402
 from edgeft.figures import throughput_json  # noqa: E402
@@ -63,20 +64,20 @@ def pooled_profiles(run: Path, cfg: ProfileConfig, rounds: int) -> list[dict]:
         pooled = samples[(r["format"], r["precision"])]
         r.update(latency_ms=stats(pooled), samples_ms=pooled, iterations=len(pooled), rounds=rounds)
         r["throughput"] = throughput_json(cfg.batch, r["latency_ms"]["p50"], r["throughput"]["sweep"])
-    save_records(run / "profiles" / "host.json", "host", records)
+    save_records(run, "host", records)
     return records
 
 
 def bench_run(name: str, source: Path, cfg: ProfileConfig, rounds: int) -> dict:
     """Profiles one run's engines on the host and returns its rows with the decisions."""
     run = working_copy(name, source)
-    if not (run / "export.json").exists():
+    if not RunDir(run).export_manifest.exists():
         export_run(run, ["onnx", "openvino"], ["fp32", "fp16", "int8"])
     began = time.time()
     records = pooled_profiles(run, cfg, rounds)
     decisions = {(d.format, d.precision): d for d in apply_policy(run, "host")}
     write_cards(run, ["host"])
-    exports = {(r["format"], r["precision"]): r for r in artifacts.read_json(run / "export.json")["engines"]}
+    exports = ExportManifest.read(run).by_key()
     mins = {(r["format"], r["precision"]): r["latency_ms"]["min"] for r in records}
     rows = []
     for r in records:

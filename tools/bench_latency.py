@@ -33,6 +33,7 @@ from _common import CACHE, RESULTS, dump_json, provenance  # noqa: E402
 from make_anchor_models import export_onnx  # noqa: E402
 
 from edgeft import artifacts  # noqa: E402
+from edgeft.artifacts import ExportManifest, RunDir  # noqa: E402
 from edgeft.runtime.calibrate import host_points  # noqa: E402
 from edgeft.runtime.dispatch import profile_on_target  # noqa: E402
 from edgeft.runtime.profile import ProfileConfig, profile_engine  # noqa: E402
@@ -116,10 +117,10 @@ def demo_matrix(run: Path, threads: int) -> list[dict]:
     """Every engine of the demo run (exported when absent) measured on the host."""
     from edgeft.export import export_run
 
-    if not (run / "export.json").exists():
+    if not RunDir(run).export_manifest.exists():
         export_run(run, ("onnx", "openvino"), ("fp32", "fp16", "int8"))
     records = profile_on_target(run, "host", cfg=ProfileConfig(threads=threads))
-    sizes = {r["path"]: r["size_bytes"] for r in artifacts.read_json(run / "export.json")["engines"]}
+    sizes = {r["path"]: r["size_bytes"] for r in ExportManifest.read(run).engines}
     return [{"engine": r["engine"], "backend": r["backend"], "precision": r["precision"], "accuracy": r["accuracy"],
              "size_mb": round(sizes.get(r["engine"], 0) / 1e6, 2) or None, **r["latency_ms"],
              "images_per_s_batch1": r["throughput"]["images_per_s"], "best": r["throughput"]["best"],

@@ -154,7 +154,7 @@ def run_row(row: Row, seed: int, quick: bool) -> dict:
 def _stage_figures(run: artifacts.RunDir) -> dict:
     """DIGG/IRF figures of the run: its own generation speed, and the accuracy after IRF's delivering."""
     figures = {}
-    digg, irf = run.root / "digg.json", run.root / "irf.json"
+    digg, irf = run.method_record("digg"), run.method_record("irf")
     generation = (artifacts.read_json(digg).get("generation") or {}) if digg.exists() else {}
     if Path(generation.get("out", "/")).resolve().is_relative_to(run.root.resolve()):  # not linked from another row
         figures["generation_images_per_s"] = generation["images_per_s"]

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeft.artifacts import RunDir
 from edgeft.compress.packaged import PACKAGED, is_lite_layout, lite_to_timm
-from edgeft.errors import WeightsError
+from edgeft.errors import ConfigError, EdgeftError, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,19 @@ def resolve(name: str, weights: str | None, *, role: str) -> ModelSpec:
     std = tuple(cfg.std) if cfg else (0.229, 0.224, 0.225)
     size = cfg.input_size[-1] if cfg else 224
     return ModelSpec(name, arch, timm_name, weights or _default_source(name, arch, cfg, role), mean, std, size)
+
+
+def teacher_spec_from_run(run_dir: str) -> ModelSpec:
+    """`--teacher-from RUN_DIR`: the model of a finished run (e.g. irf's adapted teacher) as a teacher spec."""
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise ConfigError(f"--teacher-from {run_dir}: no such run directory")
+    try:
+        card = run.read_card()
+    except EdgeftError as exc:
+        raise ConfigError(f"--teacher-from {run_dir}: {exc}") from None
+    return ModelSpec(f"{card.method}:{run.root.name}", card.arch, card.arch, str(run.student_weights),
+                     tuple(card.mean), tuple(card.std), card.input_size[-1])
 
 
 def available_weights(name: str) -> str | None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -18,9 +17,9 @@ from edgeft.compress import models
 from edgeft.compress.kernels import check_mode as check_kernels
 from edgeft.compress.methods import METHODS
 from edgeft.compress.methods.base import TransferContext
-from edgeft.compress.methods.baselines import finetune
-from edgeft.compress.methods.common import adapted_teacher, evaluate, mean_per_class_accuracy, predictions, top1
-from edgeft.compress.train import Dist, NullProgress, Progress, Trainer
+from edgeft.compress.methods.common import (adapted_teacher, evaluate, finetune, mean_per_class_accuracy, predictions,
+                                           top1)
+from edgeft.compress.train import Dist, NullProgress, Progress, Trainer, resolve_device
 from edgeft.config import CompressConfig, build_config
 from edgeft.errors import ConfigError, DataError, Interrupted
 
@@ -28,19 +27,6 @@ log = logging.getLogger(__name__)
 
 # Options that may differ between a run and its --resume (they do not change the result).
 RESUME_FREE = {"resume", "out", "device", "workers", "formats", "precisions", "target", "batch_profile", "max_drop"}
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` → this rank's CUDA device when there is one, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if name != "cpu":
-        raise ConfigError(f"--device {name}: choose auto, cpu or cuda")
-    return torch.device("cpu")
 
 
 def prepare_run(cfg: CompressConfig, explicit: dict) -> tuple[CompressConfig, RunDir]:
@@ -150,9 +136,7 @@ def _interrupted(run: RunDir, seconds: float) -> Interrupted:
 
 def _teacher_specs(cfg: CompressConfig) -> list[models.ModelSpec]:
     if cfg.teacher_from:  # a finished run's model replaces --teacher
-        from edgeft.compress.methods.irf import teacher_spec_from_run
-
-        return [teacher_spec_from_run(cfg.teacher_from)]
+        return [models.teacher_spec_from_run(cfg.teacher_from)]
     weights = list(cfg.teacher_weights)
     if weights and len(weights) != len(cfg.teacher):
         raise ConfigError(

@@ -326,3 +326,16 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None if math.isnan(py_gauss) else py_gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → this rank's CUDA device when there is one, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if name != "cpu":
+        raise ConfigError(f"--device {name}: choose auto, cpu or cuda")
+    return torch.device("cpu")

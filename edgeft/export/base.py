@@ -20,6 +20,7 @@ from edgeft.artifacts import RunDir, StudentCard
 from edgeft.errors import ConfigError, EdgeftError, RefusedError, WeightsError
 from edgeft.export.validate import DEFAULT_TOLERANCES, Figures, Reference, Runner, Tolerance, compare
 from edgeft.registry import Registry
+from edgeft.runtime import FORMAT_BACKEND
 from edgeft.runtime.fingerprint import machine_fingerprint
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,11 @@ class Exporter(ABC):
     name: ClassVar[str] = ""
     suffix: ClassVar[str] = ""
     tolerances: ClassVar[dict[str, Tolerance]] = DEFAULT_TOLERANCES
-    runtime: ClassVar[str] = ""  # the backend that validates (and later runs) the engine
+
+    @property
+    def runtime(self) -> str:
+        """The backend that validates (and later runs) the engine: the one that declares this format."""
+        return FORMAT_BACKEND[self.name]
 
     @abstractmethod
     def export(self, job: ExportJob, precision: str) -> ExportRecord:

@@ -205,7 +205,6 @@ class OnnxExporter(Exporter):
 
     name = "onnx"
     suffix = ".onnx"
-    runtime = "onnxruntime"
 
     def export(self, job: ExportJob, precision: str) -> ExportRecord:
         path = self.engine_path(job, precision)

@@ -30,7 +30,6 @@ class OpenVinoExporter(Exporter):
 
     name = "openvino"
     suffix = ".xml"
-    runtime = "openvino"
 
     def export(self, job: ExportJob, precision: str) -> ExportRecord:
         ov = require("openvino", "openvino")

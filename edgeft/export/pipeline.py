@@ -9,8 +9,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from edgeft import artifacts
-from edgeft.artifacts import RunDir
+from edgeft.artifacts import ExportManifest, RunDir
 from edgeft.errors import ConfigError, EdgeftError, StrictError
 from edgeft.export.base import EXPORTERS, PRECISIONS, BatchShape, ExportJob, ExportRecord, load_student
 from edgeft.export.int8_guard import check_max_drop
@@ -150,30 +149,19 @@ def export_run(
 
 
 def write_records(run: RunDir, records: list[ExportRecord], refused: Sequence[Refusal] = ()) -> Path:
-    """Merges `records` and `refused` into export.json, dropping earlier rows whose engine is gone or replaced."""
-    path = run.root / "export.json"
+    """Merges `records` and `refused` into the export manifest, dropping earlier rows whose engine is gone or replaced."""
     fresh = {(r.format, r.precision) for r in [*records, *refused]}
-    kept, kept_refused = [], []
-    if path.exists():
-        old = artifacts.read_json(path)
-        for row in old.get("engines", []):
-            if (row.get("format"), row.get("precision")) not in fresh and (run.root / row.get("path", "")).is_file():
-                kept.append(row)
-        kept_refused = [row for row in old.get("refused", []) if (row.get("format"), row.get("precision")) not in fresh]
-    return artifacts.write_json(path, {
-        "run": str(run.root),
-        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "engines": kept + [r.to_json() for r in records],
-        "refused": kept_refused + [r.to_json() for r in refused],
-    })
+    old = ExportManifest.read(run.root)
+    kept = [row for row in old.engines
+            if (row.get("format"), row.get("precision")) not in fresh and (run.root / row.get("path", "")).is_file()]
+    kept_refused = [row for row in old.refused if (row.get("format"), row.get("precision")) not in fresh]
+    return ExportManifest(kept + [r.to_json() for r in records], kept_refused + [r.to_json() for r in refused],
+                          str(run.root), datetime.now(timezone.utc).isoformat(timespec="seconds")).write(run.root)
 
 
 def read_records(run_dir: str | Path) -> list[ExportRecord]:
-    """The engines recorded in a run's export.json (empty when nothing was exported)."""
-    path = RunDir(run_dir).root / "export.json"
-    if not path.exists():
-        return []
-    return [ExportRecord.from_json(row) for row in artifacts.read_json(path).get("engines", [])]
+    """The engines recorded in a run's export manifest (empty when nothing was exported)."""
+    return [ExportRecord.from_json(row) for row in ExportManifest.read(run_dir).engines]
 
 
 def rebuild_stale(run_dir: str | Path) -> ExportResult:
@@ -182,10 +170,8 @@ def rebuild_stale(run_dir: str | Path) -> ExportResult:
     `edgeft profile RUN --rebuild` calls it before profiling; each engine keeps its format,
     precision and batch profile, and gets the opset this machine's runtimes read.
     """
-    path = RunDir(run_dir).root / "export.json"
-    rows = artifacts.read_json(path).get("engines", []) if path.exists() else []
     rebuilt = ExportResult([])
-    for row in rows:
+    for row in ExportManifest.read(run_dir).engines:
         reasons = stale_reasons(row)
         if reasons:
             log.warning("rebuilding %s on this machine (%s)", row["path"], "; ".join(reasons))

@@ -30,8 +30,9 @@ import numpy as np
 
 from edgeft.artifacts import StudentCard
 from edgeft.errors import EdgeftError
-from edgeft.export.base import EXPORTERS, BatchShape, library_version
+from edgeft.export.base import EXPORTERS, BatchShape, library_version, require
 from edgeft.export.onnx import OPSET, export_onnx, onnx_opset
+from edgeft.export.tensorrt import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,6 @@ def check_onnx(path: Path, batch: BatchShape) -> str:
 
 def check_openvino(path: Path, batch: BatchShape) -> str:
     """Converted by OpenVINO from the ONNX and compiled on its CPU plugin, one inference."""
-    from edgeft.export.base import require
-
     ov = require("openvino", "openvino")
     try:
         compiled = ov.Core().compile_model(ov.convert_model(str(path)), "CPU")
@@ -153,8 +152,6 @@ def check_openvino(path: Path, batch: BatchShape) -> str:
 
 def check_tensorrt(path: Path, batch: BatchShape) -> str:
     """TensorRT's ONNX parser where tensorrt and a GPU are here, else the ONNX check only (said so)."""
-    from edgeft.export.tensorrt import unavailable
-
     reason = unavailable()
     if reason is not None:
         check_onnx(path, batch)

@@ -54,7 +54,6 @@ class TensorRTExporter(Exporter):
 
     name = "tensorrt"
     suffix = ".engine"
-    runtime = "tensorrt"
     # TensorRT may run fp32 convolutions in TF32 on Ampere and newer, which moves logits ~1e-3.
     tolerances = {**DEFAULT_TOLERANCES, "fp32": replace(DEFAULT_TOLERANCES["fp32"], atol=1e-2, min_cosine=0.9995)}
 

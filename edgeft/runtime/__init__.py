@@ -15,6 +15,7 @@ from edgeft.runtime.onnxrt import OrtEngine
 from edgeft.runtime.openvino import OpenVinoEngine
 from edgeft.runtime.pytorch import TorchEngine
 from edgeft.runtime.tensorrt import TensorRtEngine
+from edgeft.targets import Target
 
 BACKENDS: Registry[type[Engine]] = Registry("backend")
 BACKENDS.add("onnxruntime", OrtEngine, aliases=("ort", "onnx"))
@@ -24,8 +25,23 @@ BACKENDS.add("torch", TorchEngine, aliases=("pytorch",))
 
 # What each backend can open besides its own files (ONNX is read by OpenVINO, built by TensorRT).
 ALSO_OPENS = {"openvino": (".onnx",), "tensorrt": (".onnx",)}
+# Each backend declares the format it runs (Engine.format); the format → backend pairs are read off them.
+FORMAT_BACKEND = {BACKENDS.get(name).format: name for name in BACKENDS}
+REFERENCE_FORMAT = "torch"  # the PyTorch student: profiled as the reference, never exported
 
-__all__ = ["BACKENDS", "Engine", "EngineOptions", "InputSpec", "backend_for", "load", "preprocess"]
+__all__ = ["BACKENDS", "FORMAT_BACKEND", "REFERENCE_FORMAT", "Engine", "EngineOptions", "InputSpec", "backend_for",
+           "format_of", "load", "preprocess", "target_formats"]
+
+
+def format_of(backend: str) -> str:
+    """The engine format a backend (name or alias) runs."""
+    return BACKENDS.get(backend).format
+
+
+def target_formats(target: Target) -> list[str]:
+    """The formats to export for a target: those its backends run, in its order of preference."""
+    formats = (format_of(b) for b in target.backends if b in BACKENDS)
+    return [f for f in dict.fromkeys(formats) if f != REFERENCE_FORMAT]
 
 
 def backend_for(path: str | Path) -> str:

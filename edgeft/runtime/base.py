@@ -98,11 +98,13 @@ class EngineOptions:
 class Engine(abc.ABC):
     """A loaded model: `with engine: y = engine.infer(x)`; `input_spec` says what x is.
 
-    Subclasses set `suffixes` (files they open), `module` (the Python package they need)
+    Subclasses set `format` (the engine format they run: the one place that pairs a format with
+    its backend), `suffixes` (files they open), `module` (the Python package they need)
     and `install` (the pip requirement that provides it, printed literally in the error).
     """
 
     name: ClassVar[str] = ""
+    format: ClassVar[str] = ""  # the engine format it runs (an exporter's name; torch: the student itself)
     suffixes: ClassVar[tuple[str, ...]] = ()
     module: ClassVar[str] = ""
     install: ClassVar[str] = ""

@@ -13,18 +13,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgeft import artifacts
+from edgeft.artifacts import ExportManifest, ProfileManifest, RunDir
 from edgeft.errors import EdgeftError
-from edgeft.runtime import BACKENDS, backend_for
+from edgeft.runtime import BACKENDS, FORMAT_BACKEND, backend_for, format_of, target_formats
+from edgeft.runtime.agent import profile_remote
 from edgeft.runtime.base import precision_from_name
 from edgeft.runtime.fingerprint import check_engine
 from edgeft.runtime.profile import ProfileConfig, profile_engine
-from edgeft.targets import BACKEND_FORMATS, Target, get_target
+from edgeft.targets import Target, get_target
 from edgeft.targets.estimate import estimate
 
 log = logging.getLogger(__name__)
-
-FORMAT_BACKEND = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torch"}
 
 
 @dataclass(frozen=True)
@@ -41,12 +40,10 @@ class EngineRef:
 def run_engines(run_dir: Path) -> list[EngineRef]:
     """The student (torch) and every exported engine file recorded in export.json."""
     refs = []
-    summary = run_dir / "summary.json"
-    if (run_dir / "student" / "card.json").is_file():
-        accuracy = artifacts.read_json(summary).get("student", {}).get("accuracy") if summary.exists() else None
-        refs.append(EngineRef(run_dir, "torch", "fp32", accuracy))
-    manifest = run_dir / "export.json"
-    for row in artifacts.read_json(manifest).get("engines", []) if manifest.exists() else []:
+    run = RunDir(run_dir)
+    if run.student_card.is_file():
+        refs.append(EngineRef(run_dir, "torch", "fp32", run.read_summary().get("student", {}).get("accuracy")))
+    for row in ExportManifest.read(run_dir).engines:
         path = run_dir / row["path"]
         if path.is_file():
             refs.append(EngineRef(path, row["format"], row["precision"], row.get("accuracy"), row.get("batch")))
@@ -54,7 +51,8 @@ def run_engines(run_dir: Path) -> list[EngineRef]:
 
 
 def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / "student" / "card.json").is_file() or (path / "export.json").is_file())
+    """Whether `path` is a run directory (a trained student or exported engines), not an engine."""
+    return RunDir(path).is_run()
 
 
 def profile_on_target(path: str | Path, target: str = "host", backend: str | None = None,
@@ -71,8 +69,7 @@ def profile_on_target(path: str | Path, target: str = "host", backend: str | Non
         if not refs:
             raise EdgeftError(f"{path}: no {backend or 'engine'} to profile; run `edgeft export {path}` first")
     elif path.is_file() or path.is_dir():
-        fmt = {"onnxruntime": "onnx"}.get(backend_for(path), backend_for(path))
-        refs = [EngineRef(path, fmt, precision_from_name(path) or "fp32")]
+        refs = [EngineRef(path, format_of(backend_for(path)), precision_from_name(path) or "fp32")]
     else:
         raise EdgeftError(f"{path}: no such engine file or run directory")
     if remote:
@@ -87,7 +84,7 @@ def profile_on_target(path: str | Path, target: str = "host", backend: str | Non
             relative = Path(os.path.relpath(Path(record["engine"]).resolve(), path.resolve())).as_posix()
             record["engine"] = "student" if relative == "." else relative
     if run:
-        save_records(path / "profiles" / f"{tgt.name}.json", tgt.name, records)
+        save_records(path, tgt.name, records)
     return records
 
 
@@ -95,11 +92,11 @@ def _key(record: dict) -> tuple:
     return record.get("engine"), record.get("backend"), record.get("precision"), record.get("label")
 
 
-def save_records(path: Path, target: str, records: list[dict]) -> Path:
-    """Writes the target's profile file, replacing earlier records of the same engine/backend/precision."""
-    old = artifacts.read_json(path).get("records", []) if path.exists() else []
+def save_records(run_dir: Path, target: str, records: list[dict]) -> Path:
+    """Writes the run's profile file of `target`, replacing earlier records of the same engine/backend/precision."""
+    old = ProfileManifest.read(run_dir, target).records
     fresh = {_key(r) for r in records}
-    return artifacts.write_json(path, {"target": target, "records": [r for r in old if _key(r) not in fresh] + records})
+    return ProfileManifest(target, [r for r in old if _key(r) not in fresh] + records).write(run_dir)
 
 
 def _annotate(record: dict, ref: EngineRef) -> dict:
@@ -137,8 +134,6 @@ def _batch_config(cfg: ProfileConfig, ref: EngineRef) -> ProfileConfig:
 
 def _remote(refs: list[EngineRef], tgt: Target, backend: str | None, cfg: ProfileConfig, url: str,
             token: str) -> list[dict]:
-    from edgeft.runtime.agent import profile_remote
-
     records = []
     for ref in refs:
         name = backend or FORMAT_BACKEND[ref.format]
@@ -147,7 +142,7 @@ def _remote(refs: list[EngineRef], tgt: Target, backend: str | None, cfg: Profil
         records.append(_annotate(profile_remote(ref.path, url, token, name, _batch_config(cfg, ref)), ref))
     if not records:
         raise EdgeftError(f"--remote: no engine for {tgt.name}'s runtimes ({', '.join(tgt.backends)}); "
-                          f"export one with `edgeft export --format {','.join(tgt.formats())}`")
+                          f"export one with `edgeft export --format {','.join(target_formats(tgt))}`")
     return records
 
 
@@ -163,6 +158,5 @@ def _estimate(refs: list[EngineRef], tgt: Target, backend: str | None, precision
         exact = onnx.get(p)
         ref = exact or onnx.get("fp32") or next(iter(onnx.values()))
         record = estimate(ref.path, tgt, backend, p)
-        fmt = BACKEND_FORMATS.get(backend) or backend
-        records.append(_annotate(record, EngineRef(ref.path, fmt, p, exact.accuracy if exact else None)))
+        records.append(_annotate(record, EngineRef(ref.path, format_of(backend), p, exact.accuracy if exact else None)))
     return records

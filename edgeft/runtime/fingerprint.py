@@ -36,7 +36,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from edgeft import artifacts
+from edgeft.artifacts import ExportManifest, RunDir
 from edgeft.errors import EdgeftError
 
 log = logging.getLogger(__name__)
@@ -102,9 +102,8 @@ def find_record(path: Path) -> tuple[Path, dict[str, Any]] | None:
     """(run directory, export.json row) of an engine file written by `edgeft export`, if any."""
     path = Path(path).resolve()
     for root in list(path.parents)[:MANIFEST_DEPTH]:
-        manifest = root / "export.json"
-        if manifest.is_file():
-            for row in artifacts.read_json(manifest).get("engines", []):
+        if RunDir(root).export_manifest.is_file():
+            for row in ExportManifest.read(root).engines:
                 if (root / row.get("path", "")).resolve() == path:
                     return root, row
     return None

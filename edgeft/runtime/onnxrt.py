@@ -20,6 +20,7 @@ class OrtEngine(Engine):
     """An ONNX model in an onnxruntime InferenceSession."""
 
     name = "onnxruntime"
+    format = "onnx"
     suffixes = (".onnx",)
     module = "onnxruntime"
     install = "onnxruntime"

@@ -19,6 +19,7 @@ class OpenVinoEngine(Engine):
     """An OpenVINO model compiled for one device (CPU unless options.extra['device'])."""
 
     name = "openvino"
+    format = "openvino"
     suffixes = (".xml",)
     module = "openvino"
     install = "openvino"

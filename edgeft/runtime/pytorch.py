@@ -31,6 +31,7 @@ class TorchEngine(Engine):
     """The student in eager PyTorch on CPU or CUDA."""
 
     name = "torch"
+    format = "torch"
     suffixes = (".safetensors",)
     module = "torch"
     install = "torch"

@@ -90,6 +90,7 @@ class TensorRtEngine(Engine):
     """A TensorRT engine on the first CUDA device; input/output buffers allocated per batch shape."""
 
     name = "tensorrt"
+    format = "tensorrt"
     suffixes = (".engine", ".plan", ".trt")
     module = "tensorrt"
     install = "edgeft[tensorrt]"

@@ -15,8 +15,6 @@ from edgeft.errors import ConfigError
 from edgeft.registry import Registry
 
 DEVICES_DIR = Path(__file__).resolve().parent / "devices"
-# The engine format each backend runs (what `edgeft compress --target` exports).
-BACKEND_FORMATS = {"tensorrt": "tensorrt", "onnxruntime": "onnx", "openvino": "openvino", "torch": None}
 
 
 @dataclass(frozen=True)
@@ -68,10 +66,6 @@ class Target:
             raise ConfigError(f"--precision {precision}: target {self.name} has no {precision} figure; "
                               f"it supports {', '.join(self.precisions)}")
         return figure.value * 1e12
-
-    def formats(self) -> list[str]:
-        """Engine formats of this target's backends, in order of preference."""
-        return [f for f in dict.fromkeys(BACKEND_FORMATS.get(b) for b in self.backends) if f]
 
     def to_json(self) -> dict[str, Any]:
         return {

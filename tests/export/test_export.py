@@ -205,3 +205,14 @@ def test_a_converter_crash_refuses_that_engine_and_the_line_goes_on(tmp_path, mo
     assert [(r.format, r.precision) for r in result.records] == [("onnx", "fp32")]
     assert [(r.format, r.reason) for r in result.refused] == [
         ("openvino", "openvino fp32: the conversion failed (RuntimeError: Check 'false' failed: Model wasn't fully converted)")]
+
+
+def test_each_format_is_run_by_the_one_backend_that_declares_it():
+    from edgeft.runtime import BACKENDS, FORMAT_BACKEND, format_of, target_formats
+    from edgeft.targets import get_target
+
+    for name in EXPORTERS.names():  # the exporter validates with the backend whose engine declares its format
+        assert format_of(EXPORTERS.get(name)().runtime) == name
+    assert sorted(FORMAT_BACKEND.values()) == sorted(BACKENDS.names())
+    assert target_formats(get_target("jetson")) == ["tensorrt", "onnx"]
+    assert "torch" not in target_formats(get_target("host"))  # the student is the reference, not an export

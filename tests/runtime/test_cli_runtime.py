@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from edgeft.cli import cli
 from edgeft.config import CompressConfig
-from edgeft.deploy import profile_and_report, with_target_exports
+from edgeft.line import profile_and_report, with_target_exports
 from edgeft.runtime.profile import ProfileConfig
 from tests.conftest import tiny_args
 

@@ -29,10 +29,12 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from edgeft import artifacts
+from edgeft.artifacts import cache_key
+from edgeft.compress import data as data_mod
 from edgeft.compress.data import ImageDataset, ImageStore, Sample
-from edgeft.compress.generative.pack import Pack
+from edgeft.compress.generative.pack import Pack, load_pack
 from edgeft.compress.generative.transformer import complete
-from edgeft.compress.train import NullProgress, Progress
+from edgeft.compress.train import NullProgress, Progress, resolve_device
 from edgeft.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -219,8 +221,6 @@ def _batch(spec: DiggSpec, b: int) -> range:
 
 def _check_settings(out: Path, pack: Pack, sources: Sources, spec: DiggSpec, size: int) -> None:
     """Records what `out` is generated from; a later run or shard into `out` must match it."""
-    from edgeft.compress.methods.common import cache_key
-
     settings = {"pack": pack.digest, "transformer": pack.meta["transformer"]["sha256"], "image_size": size,
                 "sources": cache_key(*sources.paths), "source_images": len(sources.images),
                 **json.loads(json.dumps(asdict(spec)))}
@@ -258,10 +258,6 @@ def _append(path: Path, rows: list[dict]) -> None:
 
 def run_generate(cfg, progress: Progress | None = None) -> dict:
     """`edgeft generate`: DIGG samples of the few training images of `cfg.data` (a GenerateConfig) into `cfg.out`."""
-    from edgeft.compress import data as data_mod
-    from edgeft.compress.generative.pack import load_pack
-    from edgeft.compress.pipeline import resolve_device
-
     if not cfg.out:
         raise ConfigError("--out: give the directory to write the generated images to")
     shard = parse_shard(cfg.shard)

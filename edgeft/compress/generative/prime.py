@@ -34,7 +34,7 @@ from edgeft.compress.generative.pack import MANIFEST, add_transformer, gan_phase
 from edgeft.compress.generative.transformer import LatentTransformer, TransformerConfig, optimizer
 from edgeft.compress.generative.vqgan import (VQGAN, PatchDiscriminator, VQGANConfig, adaptive_weight, hinge_d_loss,
                                               psnr)
-from edgeft.compress.train import NullProgress, Progress, _rng_state, _set_rng_state
+from edgeft.compress.train import NullProgress, Progress, _rng_state, _set_rng_state, resolve_device
 from edgeft.config import PrimeConfig, build_config
 from edgeft.errors import ConfigError, DataError
 
@@ -68,8 +68,6 @@ def prime(cfg: PrimeConfig, explicit: dict | None = None, progress: Progress | N
 
 def _prime_vqgan(cfg: PrimeConfig, out: Path, work: Path, progress: Progress | None) -> dict:
     """The VQGAN's GAN loop (resumable) and the VQGAN-only pack."""
-    from edgeft.compress.pipeline import resolve_device
-
     device = resolve_device(cfg.device)
     train, heldout, classes = _load_data(cfg, work)
     steps_per_epoch = max(1, len(train) // cfg.batch_size)
@@ -126,8 +124,6 @@ def _prime_vqgan(cfg: PrimeConfig, out: Path, work: Path, progress: Progress | N
 
 def _prime_transformer(cfg: PrimeConfig, out: Path, work: Path, progress: Progress | None) -> dict:
     """Trains (or resumes, or trains further) the latent transformer on the pack's codes and adds it to the pack."""
-    from edgeft.compress.pipeline import resolve_device
-
     pack = load_pack(str(out))
     total, folder = cfg.transformer_steps, work / "transformer"
     f = pack.vqgan.cfg.downsampling

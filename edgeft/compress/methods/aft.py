@@ -25,10 +25,9 @@ from edgeft import artifacts
 from edgeft.compress import kernels as fused
 from edgeft.compress import losses
 from edgeft.compress.methods.base import Method, Recipe, TransferContext
-from edgeft.compress.methods.common import Indexed, evaluate, probe_features
+from edgeft.compress.methods.common import Indexed, check_choice, evaluate, holdout_split, probe_features
 from edgeft.compress.train import LossFn, Stage
 from edgeft.errors import ConfigError
-from edgeft.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +35,9 @@ log = logging.getLogger(__name__)
 AFT_RECIPE = Recipe(epochs=30, lr=1e-3, optimizer="adam", schedule="cosine", weight_decay=0.0)
 WEIGHTS_LR = 1e-2  # Adam lr of the feature-weight logits `s`
 BETA_GRID = (3.0, 10.0, 30.0)
-HOLDOUT_FRACTION, HOLDOUT_SEED = 0.1, 42
 KERNELS = ("linear", "rbf")
 WEIGHT_MODES = ("learned", "identity")
 Distance = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def check_choice(value: str, choices: Sequence[str], flag: str) -> str:
-    """`value` if it is one of `choices`, else a ConfigError naming the flag (for YAML configs; click checks the CLI)."""
-    if value not in choices:
-        raise ConfigError(f"{flag}: " + unknown_name_message("value", str(value), list(choices)))
-    return value
 
 
 def distance_for(kernel: str, kernels: str = "auto") -> Distance:
@@ -98,19 +89,6 @@ def aft_objective(
     return loss
 
 
-def holdout_split(labels: torch.Tensor, fraction: float = HOLDOUT_FRACTION,
-                  seed: int = HOLDOUT_SEED) -> tuple[list[int], list[int]]:
-    """Stratified (fit, hold-out) row indices: `fraction` of each class (at least one) is held out."""
-    rng = random.Random(seed)
-    held: list[int] = []
-    for label in sorted(set(labels.tolist())):
-        rows = [i for i, value in enumerate(labels.tolist()) if value == label]
-        if len(rows) > 1:
-            held += rng.sample(rows, max(1, round(fraction * len(rows))))
-    chosen = set(held)
-    return [i for i in range(len(labels)) if i not in chosen], sorted(held)
-
-
 class AdaptiveFeatureTransfer(Method):
     def fit(self, ctx: TransferContext) -> nn.Module:
         cfg = ctx.config
@@ -141,7 +119,7 @@ class AdaptiveFeatureTransfer(Method):
         weights = self._train(ctx, "aft", range(len(ctx.images)), psi, beta, learned, distance,
                               lambda: evaluate(ctx.student, ctx.val, ctx.device))
         if ctx.dist.is_main:
-            artifacts.write_json(ctx.run.root / "aft.json", _record(ctx, beta, grid, weights(), dims))
+            artifacts.write_json(ctx.run.method_record("aft"), _record(ctx, beta, grid, weights(), dims))
         return ctx.student
 
     @staticmethod

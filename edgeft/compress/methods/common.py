@@ -1,8 +1,9 @@
-"""Steps that several methods share: evaluation, cached features, linear heads, teacher adaptation."""
+"""Steps that several methods share: evaluation, cached features, linear heads, teacher adaptation,
+fine-tuning, feature distillation, choice checks and the hold-out split (methods never import each other)."""
 from __future__ import annotations
 
-import hashlib
 import logging
+import random
 from typing import Callable, Sequence
 
 import torch
@@ -11,16 +12,22 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from edgeft import artifacts
+from edgeft.artifacts import cache_key
 from edgeft.compress.data import make_loader
 from edgeft.compress.methods.base import Recipe, TransferContext
 from edgeft.compress.models import ModelSpec
 from edgeft.compress.teacher_engine import frozen_outputs
 from edgeft.compress.train import Stage
+from edgeft.errors import ConfigError
+from edgeft.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
 
 PROBE_RECIPE = Recipe(epochs=60, lr=0.1, optimizer="sgd", schedule="cosine", weight_decay=1e-4)
+FINETUNE = Recipe(epochs=30, lr=0.05, optimizer="sgd", schedule="cosine", weight_decay=5e-4)
+FEATURE_KD = Recipe(epochs=30, lr=0.05, optimizer="sgd", schedule="cosine", weight_decay=5e-4)
 EVAL_BATCH = 256
+HOLDOUT_FRACTION, HOLDOUT_SEED = 0.1, 42
 
 
 @torch.no_grad()
@@ -70,11 +77,6 @@ def features_of(ctx: TransferContext, model: nn.Module, dataset: Dataset, key: s
 
 def _features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model.features(images)
-
-
-def cache_key(*parts: str) -> str:
-    """A short stable name for cached features of (model, weights, data)."""
-    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
 def train_linear_head(
@@ -164,3 +166,64 @@ def adapted_teacher(ctx: TransferContext) -> WithHead:
     ctx.notes["teacher_accuracy"] = acc
     ctx.notes["teacher_evaluated_as"] = "linear probe"
     return adapted
+
+
+def check_choice(value: str, choices: Sequence[str], flag: str) -> str:
+    """`value` if it is one of `choices`, else a ConfigError naming the flag (for YAML configs; click checks the CLI)."""
+    if value not in choices:
+        raise ConfigError(f"{flag}: " + unknown_name_message("value", str(value), list(choices)))
+    return value
+
+
+def holdout_split(labels: torch.Tensor, fraction: float = HOLDOUT_FRACTION,
+                  seed: int = HOLDOUT_SEED) -> tuple[list[int], list[int]]:
+    """Stratified (fit, hold-out) row indices: `fraction` of each class (at least one) is held out."""
+    rng = random.Random(seed)
+    held: list[int] = []
+    for label in sorted(set(labels.tolist())):
+        rows = [i for i, value in enumerate(labels.tolist()) if value == label]
+        if len(rows) > 1:
+            held += rng.sample(rows, max(1, round(fraction * len(rows))))
+    chosen = set(held)
+    return [i for i in range(len(labels)) if i not in chosen], sorted(held)
+
+
+def finetune(ctx: TransferContext, stage: str = "finetune", recipe: Recipe = FINETUNE) -> nn.Module:
+    """Trains every student parameter with cross-entropy on the few labelled images."""
+    student = ctx.student
+    loader = ctx.loader(ctx.train_set(augment=True))
+
+    def loss(images: torch.Tensor, labels: torch.Tensor):
+        logits = student(images)
+        return F.cross_entropy(logits, labels), logits
+
+    spec = ctx.spec(recipe, steps_per_epoch=len(loader))
+    ctx.trainer.run_stage(Stage(stage, {"student": student}, loss, loader, spec, evaluate=val_accuracy(ctx, student)))
+    return student
+
+
+def val_accuracy(ctx: TransferContext, model: nn.Module) -> Callable[[], float]:
+    """A stage's evaluate callback: `model`'s accuracy on the validation images."""
+    return lambda: evaluate(model, ctx.val, ctx.device)
+
+
+def distill_features(ctx: TransferContext, teacher: nn.Module, images: Dataset, stage: str = "distill-features",
+                     recipe: Recipe = FEATURE_KD, project: bool = True) -> None:
+    """L2 (MSE) from the student's pooled features to the frozen teacher's on `images` (labels unused).
+
+    A linear projector maps the student's features to the teacher's width — always when `project` (FitNets'
+    regressor), else only when the widths differ (OTA §4.2); it is trained with the student and dropped after.
+    """
+    student = ctx.student
+    width = student.num_features, teacher.num_features
+    projector = nn.Linear(*width) if project or width[0] != width[1] else nn.Identity()
+    loader = ctx.loader(images)
+
+    def loss(images: torch.Tensor, labels: torch.Tensor):
+        with torch.no_grad():
+            target = teacher.features(images)
+        return F.mse_loss(projector(student.features(images)), target), None
+
+    spec = ctx.spec(recipe, steps_per_epoch=len(loader))
+    ctx.trainer.run_stage(Stage(stage, {"student": student, "projector": projector}, loss, loader, spec,
+                                frozen_eval_modules=[teacher]))

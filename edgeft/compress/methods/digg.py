@@ -1,98 +1,18 @@
 """DIGG distillation (OTA §3.2, §4.2): distil the teacher into the student on images generated from the few.
 
-The distillation images are chosen by `--kd-data` (the paper's Table 5 rows):
-- `digg` — `--n-generated` DIGG images (default 10 per few image) made from the few training images
-  with the pack's VQGAN and latent transformer (compress/generative/digg.py), labels unused; cached
-  in the run directory under a key of the pack, its transformer, the seed, the count, the mask and
-  sampling options and the source images, so `--resume` does not generate them again;
-- `upstream` — as many images drawn (with the seed) from `--unlabeled DIR`, the upstream images;
-- `raw` — the few images themselves (the paper's "KD on 10% raw data").
-
-The loss is L2 (MSE) between the teacher's and the student's pooled backbone last-layer features,
-through a linear projector only when their widths differ (dropped after): fkd's `distill_features`.
-Then the student is fine-tuned on the labelled few images with IRF's calibration recipe, as the
-paper fine-tunes "with the same setting as §4.1.1 stage 4". The paper distils with SGD lr 1.0,
-wd 1e-5 on a summed L2; the mean-reduced MSE here keeps fkd's lr 0.05 (and the paper's wd 1e-5).
+The distillation images (`--kd-data`: DIGG images, upstream images or the few raw ones) and the
+distillation stage are methods/distillation.py's, shared with ota and digg-irf. Then the student is
+fine-tuned on the labelled few images with IRF's calibration recipe, as the paper fine-tunes "with
+the same setting as §4.1.1 stage 4".
 """
 from __future__ import annotations
 
-import json
-import logging
-from dataclasses import asdict
-
 from torch import nn
-from torch.utils.data import Dataset
 
-from edgeft import artifacts
-from edgeft.compress.data import ImageDataset, build_transform
-from edgeft.compress.generative.digg import DiggSpec, Sources, generate, generated_images
-from edgeft.compress.generative.pack import load_pack
-from edgeft.compress.methods.aft import check_choice
-from edgeft.compress.methods.base import Method, Recipe, TransferContext
-from edgeft.compress.methods.baselines import distill_features, finetune
-from edgeft.compress.methods.common import cache_key
-from edgeft.compress.methods.irf import CALIBRATE
-from edgeft.compress.methods.kdep import unlabeled_images
-from edgeft.errors import ConfigError
-
-log = logging.getLogger(__name__)
-
-KD_DATA = ("digg", "upstream", "raw")
-DIGG_KD = Recipe(epochs=10, lr=0.05, optimizer="sgd", schedule="cosine", weight_decay=1e-5)
-GENERATED_PER_IMAGE = 10
-
-
-def digg_images(ctx: TransferContext, pack_arg: str | None, flag: str = "--pack ") -> ImageDataset:
-    """The run's DIGG images of its few training images (generated once into the run's cache; no transform).
-
-    `flag` is how the user gave the pack (`--pack ` or `--unlabeled digg:`), for the error messages.
-    """
-    cfg = ctx.config
-    if not pack_arg:
-        raise ConfigError(f"{flag.strip()}: DIGG needs a pack with a latent transformer; make one with `edgeft prime "
-                          "--data UPSTREAM --out PACK --transformer-steps 3000` or pass demo")
-    pack = load_pack(pack_arg, ctx.device, label=f"{flag}{pack_arg}")
-    pack.require_transformer(f"{flag}{pack_arg}")
-    spec = DiggSpec(cfg.n_generated or GENERATED_PER_IMAGE * len(ctx.images), cfg.seed, cfg.mask_shapes,
-                    cfg.mask_ratio, cfg.temperature, cfg.top_k).check()
-    key = cache_key(pack.digest, pack.meta["transformer"]["sha256"], json.dumps(asdict(spec)), *ctx.images.paths)
-    out = ctx.run.cache / f"digg-{key}"
-    record = out / "done.json"
-    if ctx.dist.is_main and not record.exists():
-        summary = generate(pack, Sources.of(ctx.images, ctx.classes), spec, out, device=ctx.device,
-                           progress=ctx.trainer.progress)
-        artifacts.write_json(record, {**summary, "pack": str(pack.path), "spec": asdict(spec)})
-    ctx.dist.barrier()
-    ctx.notes["digg"] = artifacts.read_json(record)
-    return generated_images(out, ctx.image_size)
-
-
-def kd_images(ctx: TransferContext) -> Dataset:
-    """The `--kd-data` distillation images, with the training augmentation."""
-    cfg = ctx.config
-    mode = check_choice(cfg.kd_data, KD_DATA, "--kd-data")
-    if mode == "raw":
-        return ctx.train_set(augment=True)
-    if mode == "digg":
-        images = digg_images(ctx, cfg.pack)
-    else:
-        if not cfg.unlabeled or cfg.unlabeled.startswith("digg:"):
-            raise ConfigError("--kd-data upstream: give the upstream images with --unlabeled DIR (directory or .zip)")
-        count = cfg.n_generated or GENERATED_PER_IMAGE * len(ctx.images)
-        images = unlabeled_images(cfg.unlabeled, ctx.image_size, count, cfg.seed)
-    return images.with_transform(build_transform(ctx.image_size, train=True))
-
-
-def digg_distill(ctx: TransferContext, teacher: nn.Module) -> None:
-    """Stage `digg-distill`: the teacher's pooled features into the student on the `--kd-data` images."""
-    images = kd_images(ctx)
-    distill_features(ctx, teacher, images, "digg-distill", DIGG_KD, project=False)
-    if ctx.dist.is_main:
-        artifacts.write_json(ctx.run.root / "digg.json", {
-            "kd_data": ctx.config.kd_data, "distillation_images": len(images),
-            "generation": ctx.notes.get("digg"), "teacher_width": teacher.num_features,
-            "student_width": ctx.student.num_features,
-        })
+from edgeft.compress.methods.base import Method, TransferContext
+from edgeft.compress.methods.common import finetune
+from edgeft.compress.methods.distillation import digg_distill
+from edgeft.compress.methods.irf_stages import CALIBRATE
 
 
 class DiggDistillation(Method):

@@ -9,7 +9,7 @@ passed through PTS. Nothing is learned between the two networks. Stage 2 fine-tu
 student (final activation back in place) on the few labelled images, like `stl`.
 
 The distillation images are `--unlabeled DIR` (a directory or .zip), `--unlabeled digg:PACK` (DIGG
-images generated from the few images, OTA §3.2: methods/digg.py), or by default the few images.
+images generated from the few images, OTA §3.2: methods/distillation.py), or by default the few images.
 
 Ablations: `--align linear` (a learned linear map on the student side, the paper's 1×1-conv
 baseline) or `channel-select` (the k highest-variance teacher channels); `--transform none` or
@@ -19,26 +19,23 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from edgeft import artifacts
+from edgeft.artifacts import cache_key
 from edgeft.compress import kernels as fused
 from edgeft.compress import losses
-from edgeft.compress.data import IMAGE_EXTENSIONS, ImageDataset, ImageStore, Sample, build_transform, make_loader
-from edgeft.compress.methods.aft import check_choice
+from edgeft.compress.data import ImageDataset, build_transform, make_loader
 from edgeft.compress.methods.base import Method, Recipe, TransferContext
-from edgeft.compress.methods.baselines import finetune
-from edgeft.compress.methods.common import EVAL_BATCH, cache_key
+from edgeft.compress.methods.common import EVAL_BATCH, check_choice, finetune
+from edgeft.compress.methods.distillation import digg_images, unlabeled_images
 from edgeft.compress.taps import PreActivation
 from edgeft.compress.train import Stage
-from edgeft.errors import ConfigError, DataError
+from edgeft.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -94,31 +91,12 @@ def std_ratio(x: torch.Tensor) -> float:
     return round((std.max() / std.min().clamp_min(1e-12)).item(), 2)
 
 
-def unlabeled_images(path: str, image_size: int, count: int | None = None, seed: int = 0) -> ImageDataset:
-    """Every image file under a directory or .zip (labels unused, all 0), or `count` of them drawn with `seed`."""
-    where = Path(path)
-    if not where.exists():
-        raise DataError(f"--unlabeled {path}: no such file or directory")
-    if where.is_file() and not zipfile.is_zipfile(where):
-        raise DataError(f"--unlabeled {path}: not a directory or a .zip of images")
-    store = ImageStore(where)
-    files = [f for f in store.files() if f.lower().endswith(IMAGE_EXTENSIONS)
-             and not any(part.startswith(".") or part == "__MACOSX" for part in f.split("/"))]
-    if len(files) < 2:
-        raise DataError(f"--unlabeled {path}: found {len(files)} image(s); KDEP needs a set of images to distil on")
-    if count is not None:
-        files = sorted(random.Random(seed).sample(files, min(count, len(files))))
-    return ImageDataset(store, [Sample(f, 0) for f in files], image_size, what="unlabeled images")
-
-
 def _distillation_images(ctx: TransferContext) -> ImageDataset:
     """`--unlabeled`: a directory or .zip, `digg:PACK` (DIGG images of the few, OTA §3.2), or none (the few images)."""
     unlabeled = ctx.config.unlabeled
     if not unlabeled:
         return ctx.images
     if unlabeled.startswith("digg:"):
-        from edgeft.compress.methods.digg import digg_images  # imported here: digg.py imports this module
-
         return digg_images(ctx, unlabeled.removeprefix("digg:"), flag="--unlabeled digg:")
     return unlabeled_images(unlabeled, ctx.image_size)
 
@@ -146,7 +124,7 @@ class DistillationAsPretraining(Method):
             for tap in [*teacher_taps, student_tap]:
                 tap.remove()
         if ctx.dist.is_main:
-            artifacts.write_json(ctx.run.root / "kdep.json", {
+            artifacts.write_json(ctx.run.method_record("kdep"), {
                 "align": align, "transform": transform, "distillation_images": len(images),
                 "unlabeled": cfg.unlabeled, "teacher_taps": [t.path for t in teacher_taps],
                 "student_tap": student_tap.path, "teacher_width": width, "student_width": student_tap.dim, **stats,
