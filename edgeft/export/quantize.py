@@ -10,15 +10,20 @@ scheme the CPU runs fast (`cpu_scheme`, from the flags in /proc/cpuinfo):
 
 - **VNNI** (avx512_vnni, avx_vnni, amx_int8): uint8 activations (asymmetric), int8 weights
   — MLAS's U8S8 kernels use VPDPBUSD directly. Measured on an AMD EPYC with AVX512-VNNI,
-  resnet18 at 224 px, batch 1, 2 threads, a loaded shared host (results/inference.md):
-  U8S8 QDQ 2.8–3.0× faster than fp32; U8S8 QOperator the same (2.7–2.8×) but a format only
-  ONNX Runtime reads; per-tensor weights no faster (2.8×); `reduce_range` no faster (2.8×) and
-  it throws away a bit. Signed int8 activations (onnxruntime 1.32's `quantize_static`
-  default, and symmetric S8S8, edgeft's INT8 before) are 1.05–1.25×: that CPU has no
-  S8S8 dot product, so ONNX Runtime widens them.
+  resnet18 at 224 px, batch 1, 2 threads, a loaded shared host (tools/bench_inference.py,
+  results/inference.md, and the runs that chose it): U8S8 Q/DQ 2.4–3.0× faster than fp32;
+  QOperator U8S8, per-tensor weights and `reduce_range` within the run-to-run noise of it
+  (2.3–2.8×), so none of them is taken: QOperator is a format only ONNX Runtime reads,
+  per-tensor and 7-bit weights cost accuracy. Signed int8 activations — onnxruntime 1.32's
+  `quantize_static` default, and symmetric S8S8, edgeft's INT8 before — are 1.05–1.25×:
+  that CPU has no S8S8 dot product, so ONNX Runtime widens them.
 - **x86 without VNNI** (AVX2/AVX-512 only): U8S8 with `reduce_range` (7-bit weights), since
   VPMADDUBSW saturates its int16 sums on full-range weights.
 - **elsewhere** (ARM: dot-product kernels for both signs): symmetric signed S8S8.
+
+The scheme is the exporting host's and is recorded with the engine (export.json,
+`quantization.scheme`): a full-range U8S8 engine run on an x86 CPU without VNNI risks that
+saturation, so export INT8 on the kind of CPU that runs it.
 
 TensorRT's explicit quantization takes symmetric signed int8 only, so its ONNX is always
 `TENSORRT_SCHEME`, whatever the host. Graph optimisation happens when a session loads
