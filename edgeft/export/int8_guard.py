@@ -16,8 +16,9 @@ bound, and the first that holds is kept:
 3. if KEPT_SHARE of the layers in float still breaks the bound, INT8 is refused with the
    best measured drop (a RefusedError naming --max-drop; the export goes on with the other engines).
 
-The outcome (calibrator, kept layers, drop, every try) goes into the engine's ExportRecord.
-The Q/DQ graph stays symmetric signed INT8, which TensorRT's explicit quantization needs.
+The outcome (calibrator, kept layers, drop, every try, the Q/DQ scheme) goes into the engine's
+ExportRecord. The ONNX Runtime graph is in the scheme the CPU runs fast (quantize.cpu_scheme);
+TensorRT's is symmetric signed INT8, which its explicit quantization needs.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from edgeft.errors import ConfigError, RefusedError
-from edgeft.export.quantize import quantize_onnx
+from edgeft.export.quantize import Int8Scheme, quantize_onnx
 from edgeft.export.validate import DEFAULT_TOLERANCES, Runner, compare
 
 if TYPE_CHECKING:
@@ -113,16 +114,17 @@ def describe(quantization: dict[str, Any] | None) -> str:
 # ---------------------------------------------------------------------------------------- ONNX Runtime
 
 
-def quantize_onnx_bounded(job: "ExportJob", src: Path, dst: Path, input_name: str) -> dict[str, Any]:
-    """Writes the INT8 Q/DQ ONNX of `src` to `dst` within the job's --max-drop; returns how it was made."""
+def quantize_onnx_bounded(job: "ExportJob", src: Path, dst: Path, input_name: str,
+                          scheme: Int8Scheme) -> dict[str, Any]:
+    """Writes the INT8 Q/DQ ONNX of `src` in `scheme` to `dst` within the job's --max-drop; returns how it was made."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from edgeft.export.onnx import ort_runner
 
     calibration = job.calibration()
     if job.max_drop is None:
-        quantize_onnx(src, dst, calibration, input_name)
-        return {"calibrator": "minmax", "kept_layers": [], "max_drop": None}
+        quantize_onnx(src, dst, calibration, input_name, scheme)
+        return {"calibrator": "minmax", "kept_layers": [], "max_drop": None, "scheme": scheme.to_json()}
     search = Search(job, "onnxruntime")
     prepared = dst.with_name(dst.stem + ".pre.onnx")
     quant_pre_process(str(src), str(prepared))
@@ -132,7 +134,7 @@ def quantize_onnx_bounded(job: "ExportJob", src: Path, dst: Path, input_name: st
         path = dst.with_name(f"{dst.stem}.{method}-{len(kept)}.onnx")
         images = calibration if method == "minmax" else calibration[:HISTOGRAM_IMAGES]
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
-            quantize_onnx(prepared, path, images, input_name, method, sorted(exclude), prepare=False)
+            quantize_onnx(prepared, path, images, input_name, scheme, method, sorted(exclude), prepare=False)
         candidates.setdefault(method, path)
         if not search.measure(ort_runner(path), method, kept):
             return False
@@ -143,7 +145,7 @@ def quantize_onnx_bounded(job: "ExportJob", src: Path, dst: Path, input_name: st
         for method in ORT_CALIBRATORS:
             try:
                 if attempt(method, [], set()):
-                    return search.record(method, [])
+                    return search.record(method, []) | {"scheme": scheme.to_json()}
             except Exception as exc:  # noqa: BLE001 - a calibrator that fails on this graph is skipped
                 if method == "minmax":
                     raise
@@ -157,7 +159,7 @@ def quantize_onnx_bounded(job: "ExportJob", src: Path, dst: Path, input_name: st
             count = min(count, max_kept(len(ranked)))
             kept = [name for name, _ in ranked[:count]]
             if attempt(method, kept, set().union(*(group for _, group in ranked[:count]))):
-                return search.record(method, kept)
+                return search.record(method, kept) | {"scheme": scheme.to_json()}
             if count == max_kept(len(ranked)):
                 search.refuse()
             count *= 2

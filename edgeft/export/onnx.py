@@ -3,7 +3,8 @@
 The graph takes normalised NCHW float32 images (input `input`, output `logits`), exactly
 what the timm student takes; the card in the metadata (`edgeft.card`) tells a runtime the
 input size, mean/std and class names. FP16 is onnxruntime's float16 converter with float32
-inputs/outputs kept; INT8 is ONNX Runtime static Q/DQ (quantize.py, int8_guard.py). Every other format
+inputs/outputs kept; INT8 is ONNX Runtime static Q/DQ (quantize.py, int8_guard.py) in the scheme this
+CPU runs fast, and a symmetric signed one for TensorRT (`consumer="tensorrt"`). Every other format
 starts from these files, so they are built once per export run and shared. The opset is
 the job's (picked for its formats by preflight.pick_opset, at most the exporter's OPSET).
 """
@@ -23,6 +24,7 @@ from edgeft.errors import EdgeftError, RefusedError
 from edgeft.export.base import (EXPORTERS, INPUT_NAME, OUTPUT_NAME, BatchShape, Exporter, ExportJob, ExportRecord,
                                 library_version)
 from edgeft.export.int8_guard import quantize_onnx_bounded
+from edgeft.export.quantize import TENSORRT_SCHEME, cpu_scheme
 from edgeft.export.validate import Runner, fit_batch
 from edgeft.runtime.layers import MODULES_KEY, module_map
 
@@ -106,25 +108,30 @@ def load_onnx(path: Path, card: StudentCard):
     return model
 
 
-def onnx_variant(job: ExportJob, precision: str) -> Path:
-    """The fp32/fp16/int8 ONNX of the job's student, built once per job in its work folder."""
-    key = f"onnx-{precision}"
-    if key in job.failed:  # e.g. TensorRT int8 after the ONNX int8 it is built from was refused
-        raise RefusedError(f"the ONNX {precision} it is built from was refused: {job.failed[key]}")
+def onnx_variant(job: ExportJob, precision: str, consumer: str = "onnx") -> Path:
+    """The fp32/fp16/int8 ONNX of the job's student, built once per job in its work folder.
+
+    `consumer` matters for int8 only: "onnx" (ONNX Runtime on this CPU) or "tensorrt"; how
+    each was quantised is kept in `job.quantization[consumer]`.
+    """
+    variant = precision if precision != "int8" or consumer == "onnx" else f"{precision}-{consumer}"
+    key = f"onnx-{variant}"
+    if key in job.failed:  # e.g. TensorRT fp16 after the ONNX fp32 it is built from was refused
+        raise RefusedError(f"the ONNX {variant} it is built from was refused: {job.failed[key]}")
     if key not in job.cache:
-        path = job.workdir / f"model-{precision}.onnx"
+        path = job.workdir / f"model-{variant}.onnx"
         try:
-            _build_variant(job, precision, path)
+            _build_variant(job, precision, path, consumer)
         except Exception as exc:
             job.failed[key] = str(exc) if isinstance(exc, EdgeftError) else export_failure(exc)
             if isinstance(exc, EdgeftError):
                 raise
-            raise RefusedError(f"onnx {precision}: the conversion failed ({job.failed[key]})") from exc
+            raise RefusedError(f"onnx {variant}: the conversion failed ({job.failed[key]})") from exc
         job.cache[key] = path
     return job.cache[key]
 
 
-def _build_variant(job: ExportJob, precision: str, path: Path) -> None:
+def _build_variant(job: ExportJob, precision: str, path: Path, consumer: str) -> None:
     if precision == "fp32":
         if job.onnx_source is not None:
             given = with_batch(load_onnx(job.onnx_source, job.card), job.batch)
@@ -136,7 +143,8 @@ def _build_variant(job: ExportJob, precision: str, path: Path) -> None:
         to_fp16(onnx_variant(job, "fp32"), path, job.card)
     else:
         source = onnx_variant(job, "fp32")
-        job.quantization["onnx"] = quantize_onnx_bounded(job, source, path, input_name(source))
+        scheme = TENSORRT_SCHEME if consumer == "tensorrt" else cpu_scheme()
+        job.quantization[consumer] = quantize_onnx_bounded(job, source, path, input_name(source), scheme)
         _restamp(path, job.card)
 
 

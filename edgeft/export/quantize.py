@@ -4,20 +4,47 @@ Images come from the run itself: `data_split.json` names the source (a folder or
 the train/val files inside it. They are decoded the way `edgeft compress` evaluates (short
 side resized to the input size with bicubic filtering, centre crop), kept as uint8 in
 `calib.npz` / `ref.npz`, and normalised with the card's mean/std only when fed to a model.
+
+INT8 is static Q/DQ (`quant_pre_process` first, per-channel symmetric int8 weights) in the
+scheme the CPU runs fast (`cpu_scheme`, from the flags in /proc/cpuinfo):
+
+- **VNNI** (avx512_vnni, avx_vnni, amx_int8): uint8 activations (asymmetric), int8 weights
+  — MLAS's U8S8 kernels use VPDPBUSD directly. Measured on an AMD EPYC with AVX512-VNNI,
+  resnet18 at 224 px, batch 1, 2 threads, a loaded shared host (tools/bench_inference.py,
+  results/inference.md, and the runs that chose it): U8S8 Q/DQ 2.4–3.0× faster than fp32;
+  QOperator U8S8, per-tensor weights and `reduce_range` within the run-to-run noise of it
+  (2.3–2.8×), so none of them is taken: QOperator is a format only ONNX Runtime reads,
+  per-tensor and 7-bit weights cost accuracy. Signed int8 activations — onnxruntime 1.32's
+  `quantize_static` default, and symmetric S8S8, edgeft's INT8 before — are 1.05–1.25×:
+  that CPU has no S8S8 dot product, so ONNX Runtime widens them.
+- **x86 without VNNI** (AVX2/AVX-512 only): U8S8 with `reduce_range` (7-bit weights), since
+  VPMADDUBSW saturates its int16 sums on full-range weights.
+- **elsewhere** (ARM: dot-product kernels for both signs): symmetric signed S8S8.
+
+The scheme is the exporting host's and is recorded with the engine (export.json,
+`quantization.scheme`): a full-range U8S8 engine run on an x86 CPU without VNNI risks that
+saturation, so export INT8 on the kind of CPU that runs it.
+
+TensorRT's explicit quantization takes symmetric signed int8 only, so its ONNX is always
+`TENSORRT_SCHEME`, whatever the host. Graph optimisation happens when a session loads
+(ONNX Runtime fuses Q/DQ pairs into QLinearConv/QGemm itself); nothing is pre-optimised on
+disk, so the file stays portable across ONNX Runtime versions.
 """
 from __future__ import annotations
 
 import io
 import logging
 import zipfile
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
 from edgeft.artifacts import RunDir, StudentCard, atomic_write, read_json
 from edgeft.errors import DataError
+from edgeft.runtime.fingerprint import cpu_isa
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +143,50 @@ def calibration_images(run: RunDir, card: StudentCard, count: int) -> np.ndarray
     return normalise(images, card)
 
 
-def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, input_name: str, method: str = "minmax",
-                  exclude: Sequence[str] = (), prepare: bool = True) -> None:
-    """Static INT8 with explicit Q/DQ nodes, symmetric and per channel.
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+X86_SIMD_FLAGS = frozenset({"avx2", "avx512f"})
 
-    Symmetric signed INT8 is what TensorRT's explicit quantization accepts, so the same
-    file serves ONNX Runtime and a TensorRT build. `method` is the calibrator (minmax,
-    entropy, percentile: onnxruntime's CalibrationMethod), `exclude` names nodes of the
-    prepared graph kept in float; `prepare=False` takes `src` as already pre-processed.
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """How ONNX Runtime quantises a graph: activation sign and symmetry, 7-bit weights or not.
+
+    Weights are always int8, symmetric and per channel; the format is always Q/DQ.
+    """
+
+    name: str
+    activations: str  # "uint8" | "int8"
+    symmetric_activations: bool
+    reduce_range: bool
+    why: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+TENSORRT_SCHEME = Int8Scheme("s8s8-symmetric", "int8", True, False,
+                             "symmetric signed int8: what TensorRT's explicit quantization takes")
+
+
+def cpu_scheme(isa: Iterable[str] | None = None) -> Int8Scheme:
+    """The INT8 scheme ONNX Runtime runs fast on a CPU with these flags (default: this host's)."""
+    flags = set(cpu_isa() if isa is None else isa)
+    if flags & VNNI_FLAGS:
+        return Int8Scheme("u8s8", "uint8", False, False,
+                          f"the CPU has {'/'.join(sorted(flags & VNNI_FLAGS))}: U8S8 dot products")
+    if flags & X86_SIMD_FLAGS:
+        return Int8Scheme("u8s8-reduced", "uint8", False, True,
+                          "x86 without VNNI: U8S8 with 7-bit weights (no int16 saturation)")
+    return replace(TENSORRT_SCHEME, why="no x86 SIMD flags (ARM or unknown): symmetric signed int8")
+
+
+def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, input_name: str, scheme: Int8Scheme,
+                  method: str = "minmax", exclude: Sequence[str] = (), prepare: bool = True) -> None:
+    """Static INT8 with explicit Q/DQ nodes in `scheme`, weights symmetric and per channel.
+
+    `method` is the calibrator (minmax, entropy, percentile: onnxruntime's CalibrationMethod),
+    `exclude` names nodes of the prepared graph kept in float; `prepare=False` takes `src` as
+    already pre-processed.
     """
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -147,15 +210,17 @@ def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, input_name: str
             return None if batch is None else {input_name: batch}
 
     prepared = dst.with_name(dst.stem + ".pre.onnx")
+    activations = QuantType.QUInt8 if scheme.activations == "uint8" else QuantType.QInt8
     try:
         if prepare:
             quant_pre_process(str(src), str(prepared))
         quantize_static(
             str(prepared if prepare else src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+            reduce_range=scheme.reduce_range, activation_type=activations, weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude),
             calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                               "percentile": CalibrationMethod.Percentile}[method],
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True},
         )
     finally:
         prepared.unlink(missing_ok=True)

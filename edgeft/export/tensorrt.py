@@ -60,7 +60,8 @@ class TensorRTExporter(Exporter):
     def export(self, job: ExportJob, precision: str) -> ExportRecord:
         folder = job.engines / self.name
         onnx_path = folder / f"model-{precision}.onnx"
-        atomic_write(onnx_path, lambda tmp: shutil.copyfile(onnx_variant(job, precision), tmp))
+        atomic_write(onnx_path, lambda tmp: shutil.copyfile(onnx_variant(job, precision, self.name), tmp))
+        quantization = job.quantization.get(self.name) if precision == "int8" else None
         engine = self.engine_path(job, precision)
         recipe = build_recipe(job, onnx_path, engine, precision)
         reason = unavailable()
@@ -68,7 +69,7 @@ class TensorRTExporter(Exporter):
             plan = build_engine(onnx_path, job.batch.profile, folder / CACHE_NAME)
             write_bytes(engine, plan)
             return self.finish(job, precision, [engine, onnx_path], trt_runner(engine),
-                               f"tensorrt {_trt_version()} on {_gpu_name()}", recipe=recipe)
+                               f"tensorrt {_trt_version()} on {_gpu_name()}", recipe=recipe, quantization=quantization)
         script = folder / f"build-{precision}.sh"
         write_text(script, _script(recipe["trtexec"]))
         script.chmod(0o755)
@@ -77,7 +78,7 @@ class TensorRTExporter(Exporter):
         return self.finish(job, precision, [onnx_path, script], ort_runner(onnx_path),
                            f"onnxruntime {library_version('onnxruntime')} CPU on the ONNX to build from "
                            "(no TensorRT engine built here)", runtime="onnxruntime", note=note, recipe=recipe,
-                           skipped=f"{reason}: recipe written ({job.relative(script)})")
+                           skipped=f"{reason}: recipe written ({job.relative(script)})", quantization=quantization)
 
     def versions(self) -> dict[str, str | None]:
         return {**onnx_versions(), "tensorrt": _trt_version()}

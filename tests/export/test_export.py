@@ -16,7 +16,7 @@ from edgeft.errors import EdgeftError, StrictError
 from edgeft.export import EXPORTERS, PRECISIONS, export_run, read_records
 from edgeft.export import tensorrt as trt_export
 from edgeft.export.onnx import CARD_KEY, OnnxExporter
-from edgeft.export.quantize import label_of, read_split
+from edgeft.export.quantize import TENSORRT_SCHEME, cpu_scheme, label_of, read_split
 from edgeft.export.validate import Tolerance
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed")
@@ -156,6 +156,37 @@ def test_a_quantiser_that_raises_refuses_int8_alone(tiny_run, monkeypatch):
 def test_export_from_a_given_onnx(exported, shared_run):
     records = export_run(shared_run.root, ["ov"], ["fp32"], onnx=shared_run.root / exported[("onnx", "fp32")].path).records
     assert records[0].format == "openvino" and records[0].passed
+
+
+def _activation_types(path) -> set[str]:
+    """Element types of the activations' quantization (QuantizeLinear nodes; weights are stored quantized)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    return {onnx.TensorProto.DataType.Name(types[node.input[2]]) for node in graph.node
+            if node.op_type == "QuantizeLinear"}
+
+
+def test_onnxruntime_int8_is_in_the_host_scheme_and_tensorrt_int8_symmetric_signed(exported, shared_run):
+    onnx_q = exported[("onnx", "int8")].quantization
+    trt_q = exported[("tensorrt", "int8")].quantization
+    assert onnx_q["scheme"] == cpu_scheme().to_json() and trt_q["scheme"] == TENSORRT_SCHEME.to_json()
+    expected = {"UINT8" if cpu_scheme().activations == "uint8" else "INT8"}
+    assert _activation_types(shared_run.root / exported[("onnx", "int8")].path) == expected
+    assert _activation_types(shared_run.engines / "tensorrt" / "model-int8.onnx") == {"INT8"}
+
+
+@pytest.mark.parametrize(("flags", "name", "activations", "reduce_range"), [
+    ({"avx2", "avx512f", "avx512_vnni"}, "u8s8", "uint8", False),
+    ({"avx2", "avx_vnni"}, "u8s8", "uint8", False),
+    ({"avx2", "avx512f"}, "u8s8-reduced", "uint8", True),
+    ({"asimd", "asimddp"}, "s8s8-symmetric", "int8", False),
+])
+def test_int8_scheme_follows_the_cpu_flags(flags, name, activations, reduce_range):
+    scheme = cpu_scheme(flags)
+    assert (scheme.name, scheme.activations, scheme.reduce_range) == (name, activations, reduce_range)
+    assert scheme.symmetric_activations == (activations == "int8")
 
 
 def test_reader_matches_compress_evaluation(tiny_run):
