@@ -12,32 +12,20 @@ import pytest
 from edgeft.compress.methods import METHODS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgeft"
+sys.path.insert(0, str(PACKAGE.parent / "tools"))
+import import_graph  # noqa: E402  (tools/: the one reader of the import graph)
 
 
 def module_names() -> list[str]:
     """Every module of the edgeft package, dotted."""
-    names = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
-    return names
+    return list(import_graph.modules(PACKAGE.parent))
 
 
 def imports(module: str, anywhere: bool = False) -> set[str]:
     """The edgeft modules `module` imports when it is imported (not inside functions or TYPE_CHECKING),
-    or `anywhere` in it."""
-    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
-    if not path.exists():
-        path = PACKAGE.parent / module.replace(".", "/") / "__init__.py"
-    tree = ast.parse(path.read_text())
-    known, found = set(module_names()), set()
-    for node in ast.walk(tree) if anywhere else tree.body:
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("edgeft"):
-            found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
-                      for a in node.names}
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("edgeft")}
-    return found - {module}
+    or `anywhere` in it (tools/import_graph.py reads them from the source)."""
+    path = import_graph.modules(PACKAGE.parent)[module]
+    return import_graph.edges(ast.parse(path.read_text()), set(module_names()), anywhere) - {module}
 
 
 def test_the_import_graph_has_no_cycle():
