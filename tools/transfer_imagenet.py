@@ -81,6 +81,8 @@ ROWS: list[Row] = [
     Row("stl", "stl", note="tiny-imagenet-pretrained resnet18, fine-tuned (SGD, crop/flip)"),
     Row("lp", "lp", note="tiny-imagenet-pretrained resnet18, frozen, new head"),
     Row("aft", "aft", options={"beta": "10"}, note="AFT, β 10, learned μ, Adam 1e-3, student crop/flip"),
+    Row("aft scratch", "aft", init="scratch", tasks=CIFAR, options={"beta": "10"},
+        note="AFT on a random-init resnet18 (the scratch row plus the regulariser: which init)"),
     Row("aft identity-μ", "aft", tasks=CIFAR, options={"beta": "10", "aft_weights": "identity"},
         note="AFT ablation: μ fixed to 1"),
     Row("aft β=0", "aft", tasks=CIFAR, options={"beta": "0", "aft_weights": "identity"},
