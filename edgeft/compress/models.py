@@ -235,7 +235,7 @@ def read_state_dict(path: Path, flag: str) -> dict[str, torch.Tensor]:
 
 
 def demo_card() -> dict:
-    """The bundled demo's card: the teacher's arch and input size, the student's size, the method."""
+    """The bundled demo teacher's card: its arch and the input size it sees (weights: compress.packaged)."""
     path = DEMO_DIR / "teacher.json"
     if not path.exists():
         raise WeightsError(f"the bundled demo teacher is missing ({path}); reinstall edgeft")
