@@ -14,6 +14,7 @@ from edgeft.registry import unknown_name_message
 C = TypeVar("C")
 
 
+MIN_IMAGE_SIZE = 8
 DEFAULT_TRANSFER_METHOD = "aft"  # `--method` when a teacher is given (the demo shows its gain over stl)
 
 
@@ -79,6 +80,9 @@ class CompressConfig:
     top_k: int = 100
 
     def __post_init__(self) -> None:
+        for flag, size in (("--image-size", self.image_size), ("--teacher-image-size", self.teacher_image_size)):
+            if size is not None and size < MIN_IMAGE_SIZE:  # else the decoder fails and the data is blamed
+                raise ConfigError(f"{flag} {size}: must be at least {MIN_IMAGE_SIZE} pixels")
         if self.method is None:  # a teacher is there to be transferred from
             object.__setattr__(self, "method", DEFAULT_TRANSFER_METHOD if self.teacher or self.teacher_from else "stl")
 

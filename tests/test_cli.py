@@ -307,3 +307,9 @@ def test_error_messages_are_printed_without_rich_markup(tmp_path, monkeypatch):
 
     monkeypatch.setattr(edgeft.export, "export_run", fail)
     one_line_error(run(["export", str(tmp_path)]), "needs [bold]x[/bold] and pip install 'edgeft[cuda]'")
+
+
+@pytest.mark.parametrize("flag", ["--image-size", "--teacher-image-size"])
+def test_an_impossible_image_size_names_its_flag(tmp_path, tiny_data, flag):
+    one_line_error(run(tiny_args(tiny_data, tmp_path / "r", flag, "-5")), f"{flag} -5: must be at least 8 pixels")
+    assert not (tmp_path / "r").exists()
