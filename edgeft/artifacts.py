@@ -130,6 +130,9 @@ class StudentCard:
             raise EdgeftError(f"student card lacks the field {exc.args[0]!r}") from None
 
 
+EXPORT_MANIFEST = "export.json"  # the run's export manifest (ExportManifest): its file name, named here only
+
+
 class RunDir:
     """The layout of one run directory (DESIGN.md: runs/<name>/): the one place that names its files."""
 
@@ -147,7 +150,7 @@ class RunDir:
     data_split = property(lambda self: self.root / "data_split.json")
     cache = property(lambda self: self.root / "cache")
     engines = property(lambda self: self.root / "engines")
-    export_manifest = property(lambda self: self.root / "export.json")
+    export_manifest = property(lambda self: self.root / EXPORT_MANIFEST)
     profiles = property(lambda self: self.root / "profiles")
     cards = property(lambda self: self.root / "cards")
     report_markdown = property(lambda self: self.root / "report.md")
@@ -200,8 +203,9 @@ def _key(row: dict) -> tuple[Any, Any]:
 
 @dataclass
 class ExportManifest:
-    """export.json: the engines that passed validation against PyTorch (`engines`, rows of
-    ExportRecord.to_json()) and the format × precision pairs refused, with the reason (`refused`)."""
+    """The export manifest (export.json): the engines that passed validation against PyTorch
+    (`engines`, rows of ExportRecord.to_json()) and the format × precision pairs refused, with the
+    reason (`refused`)."""
 
     engines: list[dict] = field(default_factory=list)
     refused: list[dict] = field(default_factory=list)

@@ -4,10 +4,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+import typing
 from typing import Any, TypeVar
 
 import yaml
 
+from edgeft.compress.methods import METHODS, method_entry
+from edgeft.compress.methods.options import check_options, flag
 from edgeft.errors import ConfigError
 from edgeft.registry import unknown_name_message
 
@@ -18,9 +21,15 @@ MIN_IMAGE_SIZE = 8
 DEFAULT_TRANSFER_METHOD = "aft"  # `--method` when a teacher is given (the demo shows its gain over stl)
 
 
+def _resume_free(default: Any) -> Any:
+    """A field that may differ between a run and its --resume (it does not change the result)."""
+    return dataclasses.field(default=default, metadata={"resume_free": True})
+
+
 @dataclass(frozen=True)
 class CompressConfig:
-    """Every option of `edgeft compress` (one field per CLI flag)."""
+    """Every option of `edgeft compress`: one field per shared flag, and the chosen method's own options
+    (`options`, declared beside the methods; YAML and config.yaml hold them as top-level keys)."""
 
     teacher: tuple[str, ...] = ("bit_m_r50x1",)
     teacher_weights: tuple[str, ...] = ()
@@ -43,52 +52,79 @@ class CompressConfig:
     schedule: str | None = None
     image_size: int | None = None  # the student's; default: the demo's 32 px, else the teacher's input size
     teacher_image_size: int | None = None  # default: the teacher's pretrained input size
-    device: str = "auto"
-    workers: int = 0
-    out: str | None = None
-    resume: bool = False
+    device: str = _resume_free("auto")
+    workers: int = _resume_free(0)
+    out: str | None = _resume_free(None)
+    resume: bool = _resume_free(False)
     kernels: str = "auto"  # auto | cuda | torch: fused CUDA loss kernels (compress/kernels) or the torch reference
-    # Export right after compressing (edgeft/export)
-    formats: tuple[str, ...] = ()  # onnx | openvino | tensorrt
-    precisions: tuple[str, ...] = ()  # fp32 | fp16 | int8; empty: fp32
-    target: str | None = None  # edge target (edgeft/targets): its formats, then profile + report
-    batch_profile: str | None = None  # "MIN,OPT,MAX": a dynamic-batch export (default: static batch 1)
-    max_drop: float | None = None  # int8 accuracy bound in points (export/int8_guard.py); None: the int8 tolerance
-    # AFT (methods/aft.py)
-    beta: str = "10"  # weight of the kernel distance: a number >= 0, or "auto" (grid 3/10/30 on a 10% hold-out)
-    aft_weights: str = "learned"  # learned | identity (ablation)
-    aft_kernel: str = "linear"  # linear | rbf (ablation)
-    aft_augment: bool = True  # random crop/flip of the student's view (the teacher's features: the whole image)
-    # Hinton KD (methods/baselines.py)
-    kd_targets: str = "cached"  # cached (the probed teacher's logits of each whole image) | online (every augmented batch)
-    # KDEP (methods/kdep.py)
-    unlabeled: str | None = None  # distillation images; default the labelled train images without labels
-    align: str = "svd"  # svd | linear | channel-select
-    transform: str = "pts"  # pts | none | std-norm
-    # IRF (methods/irf.py) and distilling from a finished run
-    pack: str | None = None  # VQGAN pack made by `edgeft prime`, or 'demo'
-    search: bool = False  # irf: pick the paper's lr/wd grids on a 10% hold-out of train
-    deliver_data: str = "rec"  # irf delivering (frozen backbone, new head): rec | original | mixed
-    calib_data: str = "original"  # irf calibration (all parameters): original | rec | mixed
+    # Export right after compressing (edgeft/export); these may change between a run and its --resume
+    formats: tuple[str, ...] = _resume_free(())  # onnx | openvino | tensorrt
+    precisions: tuple[str, ...] = _resume_free(())  # fp32 | fp16 | int8; empty: fp32
+    target: str | None = _resume_free(None)  # edge target (edgeft/targets): its formats, then profile + report
+    batch_profile: str | None = _resume_free(None)  # "MIN,OPT,MAX": a dynamic-batch export (default: static batch 1)
+    max_drop: float | None = _resume_free(None)  # int8 accuracy bound in points; None: the int8 tolerance
     teacher_from: str | None = None  # a finished run whose model (e.g. irf's adapted teacher) is the teacher
-    # DIGG distillation (methods/digg.py, ota.py): digg, ota, digg-irf; kdep with --unlabeled digg:PACK
-    kd_data: str = "digg"  # digg | upstream (--unlabeled images, same count) | raw (the few images)
-    n_generated: int | None = None  # DIGG images to distil on; default 10 per few image
-    mask_shapes: tuple[str, ...] = ("box", "block")
-    mask_ratio: tuple[float, ...] = (0.25, 0.75)  # masked share of the code grid, drawn uniformly in [min, max]
-    temperature: float = 1.0
-    top_k: int = 100
+    options: Any = None  # the chosen method's own options (its Options dataclass in compress/methods/options.py)
 
     def __post_init__(self) -> None:
-        for flag, size in (("--image-size", self.image_size), ("--teacher-image-size", self.teacher_image_size)):
+        for name, size in (("--image-size", self.image_size), ("--teacher-image-size", self.teacher_image_size)):
             if size is not None and size < MIN_IMAGE_SIZE:  # else the decoder fails and the data is blamed
-                raise ConfigError(f"{flag} {size}: must be at least {MIN_IMAGE_SIZE} pixels")
+                raise ConfigError(f"{name} {size}: must be at least {MIN_IMAGE_SIZE} pixels")
         if self.method is None:  # a teacher is there to be transferred from
             object.__setattr__(self, "method", DEFAULT_TRANSFER_METHOD if self.teacher or self.teacher_from else "stl")
+        declared = method_entry(self.method).options
+        if self.options is None:
+            object.__setattr__(self, "options", declared())
+        elif type(self.options) is not declared:
+            raise ConfigError(f"--method {self.method}: takes {declared.__name__}, not {type(self.options).__name__}")
+        check_options(self.options)
+
+    def value(self, name: str) -> Any:
+        """A shared option or one of the method's own, by name."""
+        for holder in (self.options, self):
+            if name in _names(type(holder)) and name != "options":
+                return getattr(holder, name)
+        raise ConfigError(f"{flag(name)}: --method {self.method} does not take it")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values for YAML (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """Plain values for YAML (tuples become lists); the method's options as top-level keys."""
+        values = {**plain_dict(self), **plain_dict(self.options)}
+        del values["options"]
+        return values
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any], where: str = "") -> "CompressConfig":
+        """Shared keys to the config, the chosen method's to its options. A key of another method is an
+        error unless it holds that option's default (a saved config.yaml of an older edgeft holds them all)."""
+        shared = {k: v for k, v in values.items() if k in _names(cls)}
+        base = _make(cls, shared, where)
+        own = _names(type(base.options))
+        others = {k: v for k, v in values.items() if k not in shared and k not in own}
+        for key, value in others.items():
+            _check_foreign(key, value, base.method, where)
+        options = _make(type(base.options), {k: v for k, v in values.items() if k in own}, where)
+        return dataclasses.replace(base, options=options)
+
+
+RESUME_FREE = frozenset(f.name for f in dataclasses.fields(CompressConfig) if f.metadata.get("resume_free"))
+
+
+def plain_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass's fields as plain values for YAML (tuples become lists)."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def _check_foreign(key: str, value: Any, method: str, where: str) -> None:
+    """A key that is not the chosen method's: unknown (with suggestions), or another method's option."""
+    owners = {name: METHODS.get(name).options for name in METHODS.names()}
+    takers = [name for name, options in owners.items() if key in _names(options)]
+    if not takers:
+        known = sorted(_names(CompressConfig) | {n for options in owners.values() for n in _names(options)})
+        raise ConfigError(where + unknown_name_message("config key", key, known))
+    default = next(f.default for f in dataclasses.fields(owners[takers[0]]) if f.name == key)
+    if (tuple(value) if isinstance(value, list) else value) != default:
+        raise ConfigError(f"{where}{flag(key)}: an option of {', '.join(takers)}; --method {method} does not take it")
 
 
 @dataclass(frozen=True)
@@ -122,7 +158,7 @@ class PrimeConfig:
     transformer_lr: float = 3e-4
     transformer_batch_size: int = 64
 
-    to_dict = CompressConfig.to_dict
+    to_dict = plain_dict
 
 
 @dataclass(frozen=True)
@@ -146,29 +182,38 @@ class GenerateConfig:
     shard: str = "0/1"  # i/n: this process makes every n-th batch, starting at batch i
     device: str = "auto"
 
-    to_dict = CompressConfig.to_dict
+    to_dict = plain_dict
 
 
 def build_config(cls: type[C], yaml_path: str | None = None, **overrides: Any) -> C:
-    """Builds `cls` from an optional YAML file, then explicit overrides (None = not given)."""
+    """Builds `cls` from an optional YAML file, then explicit overrides (None = not given); a class with
+    `from_values` (CompressConfig: shared and method options) sorts the keys itself."""
     values: dict[str, Any] = {}
     if yaml_path:
         values.update(_read_yaml(yaml_path))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    names = [f.name for f in dataclasses.fields(cls)]
+    where = f"{yaml_path}: " if yaml_path else ""
+    from_values = getattr(cls, "from_values", None)
+    return from_values(values, where) if from_values else _make(cls, values, where)
+
+
+def _make(cls: type[C], values: dict[str, Any], where: str) -> C:
+    """`cls(**values)` with unknown keys named and lists turned into the tuples a field holds."""
+    names = _names(cls)
     for key in values:
         if key not in names:
-            where = f"{yaml_path}: " if yaml_path else ""
-            raise ConfigError(where + unknown_name_message("config key", key, names))
-    for f in dataclasses.fields(cls):
-        if f.name in values and _is_tuple_field(f) and not isinstance(values[f.name], tuple):
-            value = values[f.name]
-            values[f.name] = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-    return cls(**values)
+            raise ConfigError(where + unknown_name_message("config key", key, sorted(names)))
+    tuples = {name for name, kind in typing.get_type_hints(cls).items() if "tuple" in str(kind)}
+    return cls(**{k: _as_tuple(v) if k in tuples else v for k, v in values.items()})
 
 
-def _is_tuple_field(f: dataclasses.Field) -> bool:
-    return "tuple" in str(f.type)
+def _as_tuple(value: Any) -> tuple:
+    """YAML's list (or a lone value) of a tuple field as the tuple the dataclass holds."""
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 def _read_yaml(path: str) -> dict[str, Any]:

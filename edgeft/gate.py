@@ -218,7 +218,7 @@ def for_command(text: str, command: str, *, exported: bool = False, target: str 
 
 
 def export_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Gate rows from export records (ExportRecord.to_json() or export.json rows)."""
+    """Gate rows from export records (ExportRecord.to_json() or export manifest rows)."""
     rows = []
     for r in records:
         row = {"name": f"{r['format']} {r['precision']}", "size_mb": r.get("size_bytes", 0) / 1e6}

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from edgeft.compress.methods import METHODS
 from edgeft.config import CompressConfig
 from edgeft.errors import ConfigError
 from edgeft.gate import Gate, for_command, run_rows
@@ -79,23 +78,14 @@ def run_line(cfg: CompressConfig, explicit: dict | None = None, *, fail_if: str 
 
 
 def check(cfg: CompressConfig, fail_if: str | None = None) -> tuple[CompressConfig, Gate | None]:
-    """Checks the request before training: the method, the target (whose formats and precisions fill
+    """Checks the request before training (the method was checked by its config): the target (whose formats and precisions fill
     those not given), --fail-if and the export request, which also fixes the run directory."""
-    check_method(cfg.method)
     if cfg.target:
         cfg = with_target_exports(cfg)
     gate = for_command(fail_if, "compress", exported=bool(cfg.formats), target=cfg.target) if fail_if else None
     if cfg.formats:
         cfg = _checked_exports(cfg)
     return cfg, gate
-
-
-def check_method(name: str) -> None:
-    """An unknown --method fails here, from the light METHODS table (no torch import)."""
-    try:
-        METHODS.canonical(name)
-    except ConfigError as exc:
-        raise ConfigError(f"--method {name}: {exc}; list them with `edgeft methods`") from None
 
 
 def with_target_exports(cfg: CompressConfig) -> CompressConfig:

@@ -4,7 +4,7 @@
 p50/p90/p99, time to first inference, peak memory, img/s (edgeft.figures), what each number
 covers (compute only, or end-to-end with preprocessing), threads, batch and versions, and
 whether the figures were measured (the host, or a device's agent) or estimated (everything
-else). Only an engine validated against PyTorch (a row of export.json, or the validated ONNX
+else). Only an engine validated against PyTorch (a row of the export manifest, or the validated ONNX
 an estimate was made from) is ever recommended; a refused precision is listed with its reason
 only, never with figures, and estimates of engines not built here say so. Engines dropped as not faster (edgeft.precision_policy) are listed with
 the reason and are never the recommended engine either.
@@ -72,50 +72,71 @@ def _engine(record: dict, exports: Exports) -> dict[str, Any]:
 
 
 def build_card(run_dir: str | Path, target: str) -> dict[str, Any]:
-    """The card of one target from the run's profiles/<target>.json, export.json and summary."""
+    """The card of one target from the run's profiles/<target>.json, export manifest and summary."""
     run, tgt = RunDir(run_dir), get_target(target)
     root = run.root
     if not run.profile(tgt.name).exists():
         raise EdgeftError(f"{run.profile(tgt.name)}: no profiles for {tgt.name}; "
                           f"run `edgeft card {root} --target {tgt.name}`")
-    records = ProfileManifest.read(run.root, tgt.name).records
+    records = _in_card_order(ProfileManifest.read(run.root, tgt.name).records)
     summary = run.read_summary()
     student = artifacts.read_json(run.student_card) if run.student_card.exists() else {}
     exports = Exports.read(root)
-    rank = {p: i for i, p in enumerate(ORDER)}
-    records = sorted(records, key=lambda r: (r.get("format") != "torch", r.get("format") or "",
-                                             rank.get(r.get("precision"), len(rank))))
     engines = [_engine(r, exports) for r in records if not exports.is_refused(r)]  # refused: listed by reason
     labels = {e["how"] for e in engines}
     how = labels.pop() if len(labels) == 1 else "measured and estimated"
-    candidates = [e for e in engines if e["kept"] and e["validated"] and not e["reference"] and e["latency_ms"].get("p50")]
-    best = min(candidates, key=lambda e: e["latency_ms"]["p50"], default=None)
-    host = next((r.get("host") for r in records if r.get("host")), None)
     return {
         "schema": SCHEMA, "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run": root.name,
-        "model": {"arch": student.get("arch") or summary.get("student", {}).get("name"), "task": "image classification",
-                  "classes": student.get("num_classes") or summary.get("data", {}).get("classes"),
-                  "class_names": student.get("class_names"), "input_size": student.get("input_size"),
-                  "mean": student.get("mean"), "std": student.get("std"),
-                  "teacher": student.get("teacher") or (summary.get("teacher") or {}).get("name"),
-                  "method": student.get("method") or summary.get("method"),
-                  "params": summary.get("student", {}).get("params"), "macs": summary.get("student", {}).get("macs"),
-                  "student_accuracy": summary.get("student", {}).get("accuracy")},
+        "model": _model(student, summary),
         "data": summary.get("data"),
         "target": {"name": tgt.name, "title": tgt.title, "kind": tgt.kind},
         "how": how,
         "label": (MEASURED_NOTE if how == "measured" else ESTIMATED_NOTE).format(target=tgt.name),
-        "recommended": None if best is None else {k: best[k] for k in ("format", "backend", "precision", "engine", "how",
-                                                                           "status")},
+        "recommended": _recommended(engines),
         "engines": engines,
         "dropped": [e["precision_check"]["reason"] for e in engines if not e["kept"]],
         "refused": [{"format": f, "precision": p, "reason": why} for (f, p), why in exports.refused.items()],
         "covers": _covers(engines),
-        "versions": {"edgeft": _version(), "export": next((r.get("versions") for r in exports.rows.values()), None),
-                     "runtimes": {f"{e['format']} {e['precision']}": e["runtime"] for e in engines},
-                     "host": host},
+        "versions": _versions(engines, exports, records),
         "notes": tgt.notes,
     }
+
+
+def _in_card_order(records: list[dict]) -> list[dict]:
+    """PyTorch's reference first, then by format and from the highest precision down."""
+    rank = {p: i for i, p in enumerate(ORDER)}
+    return sorted(records, key=lambda r: (r.get("format") != "torch", r.get("format") or "",
+                                          rank.get(r.get("precision"), len(rank))))
+
+
+def _model(student: dict, summary: dict) -> dict[str, Any]:
+    """The card's model facts: the student card first, the run summary where it is silent."""
+    figures = summary.get("student", {})
+    return {"arch": student.get("arch") or figures.get("name"), "task": "image classification",
+            "classes": student.get("num_classes") or summary.get("data", {}).get("classes"),
+            "class_names": student.get("class_names"), "input_size": student.get("input_size"),
+            "mean": student.get("mean"), "std": student.get("std"),
+            "teacher": student.get("teacher") or (summary.get("teacher") or {}).get("name"),
+            "method": student.get("method") or summary.get("method"),
+            "params": figures.get("params"), "macs": figures.get("macs"),
+            "student_accuracy": figures.get("accuracy")}
+
+
+def _recommended(engines: list[dict]) -> dict[str, Any] | None:
+    """The fastest (p50) engine kept by the precision policy and validated against PyTorch, if any."""
+    candidates = [e for e in engines
+                  if e["kept"] and e["validated"] and not e["reference"] and e["latency_ms"].get("p50")]
+    best = min(candidates, key=lambda e: e["latency_ms"]["p50"], default=None)
+    if best is None:
+        return None
+    return {k: best[k] for k in ("format", "backend", "precision", "engine", "how", "status")}
+
+
+def _versions(engines: list[dict], exports: Exports, records: list[dict]) -> dict[str, Any]:
+    """edgeft's, the export's and each engine's runtime versions, and the profiling host."""
+    return {"edgeft": _version(), "export": next((r.get("versions") for r in exports.rows.values()), None),
+            "runtimes": {f"{e['format']} {e['precision']}": e["runtime"] for e in engines},
+            "host": next((r.get("host") for r in records if r.get("host")), None)}
 
 
 def _covers(engines: list[dict]) -> dict[str, str]:
@@ -168,34 +189,66 @@ def _cell(value: Any, digits: int = 2, scale: float = 1.0, suffix: str = "") -> 
 def markdown(card: dict[str, Any]) -> str:
     """The card as Markdown."""
     model, tgt = card["model"], card["target"]
-    title = f"# {model['arch']} on {tgt['title']}"
-    how = card["how"].upper()
-    lines = [title, "", f"**{how}** · {card['label']}", ""]
+    lines = [f"# {model['arch']} on {tgt['title']}", "", f"**{card['how'].upper()}** · {card['label']}", ""]
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in _facts(card)] + [""]
+    lines += _performance(card["engines"])
+    lines += _refused_and_dropped(card)
+    lines += ["", "## What the numbers cover", ""]
+    lines += [f"- **{k.replace('_', ' ')}**: {v}" for k, v in card["covers"].items()]
+    for e in card["engines"]:
+        if e["calibration"]:
+            lines.append(f"- **calibration of {e['format']} {e['precision']}**: {e['calibration'].get('label')} — "
+                         f"{e['calibration'].get('source')}")
+    lines += _versions_section(card["versions"])
+    if card.get("notes"):
+        lines += ["", f"Target notes: {card['notes']}"]
+    lines += ["", f"Generated {card['generated']} by edgeft ({SCHEMA}).", ""]
+    return "\n".join(lines)
+
+
+def _facts(card: dict[str, Any]) -> list[tuple[str, str]]:
+    """The card's head table: task, model, how it was trained, target, recommended engine."""
+    model, tgt, rec = card["model"], card["target"], card["recommended"]
     size = "×".join(str(s) for s in model["input_size"]) if model.get("input_size") else "?"
-    rec = card["recommended"]
-    facts = [("task", f"{model['task']}, {model['classes']} classes" + (
-                 f" ({', '.join(model['class_names'][:10])})" if model.get("class_names") else "")),
-             ("model", f"{model['arch']}, input {size}" + (f", {model['params'] / 1e6:.2f} M params" if model.get("params") else "")
-              + (f", {model['macs'] / 1e6:.0f} MMACs" if model.get("macs") else "")),
-             ("trained", f"{model.get('method') or '?'} from teacher {model.get('teacher') or 'none'}"),
-             ("target", f"{tgt['name']} ({tgt['kind']})"),
-             ("recommended engine", f"{rec['format']} {rec['precision']} on {rec['backend']} (fastest kept and validated, p50"
-              + (f"; {NOT_BUILT})" if NOT_BUILT in rec["status"] else ")") if rec else
-              f"{DASH} (no validated engine profiled here)")]
-    lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts] + [""]
+    names = f" ({', '.join(model['class_names'][:10])})" if model.get("class_names") else ""
+    params = f", {model['params'] / 1e6:.2f} M params" if model.get("params") else ""
+    macs = f", {model['macs'] / 1e6:.0f} MMACs" if model.get("macs") else ""
+    if rec:
+        built = f"; {NOT_BUILT})" if NOT_BUILT in rec["status"] else ")"
+        engine = f"{rec['format']} {rec['precision']} on {rec['backend']} (fastest kept and validated, p50{built}"
+    else:
+        engine = f"{DASH} (no validated engine profiled here)"
+    return [("task", f"{model['task']}, {model['classes']} classes{names}"),
+            ("model", f"{model['arch']}, input {size}{params}{macs}"),
+            ("trained", f"{model.get('method') or '?'} from teacher {model.get('teacher') or 'none'}"),
+            ("target", f"{tgt['name']} ({tgt['kind']})"),
+            ("recommended engine", engine)]
+
+
+def _performance(engines: list[dict]) -> list[str]:
+    """The Performance section: one table row per engine."""
     head = ("engine", "precision", "how", "kept", "validated", "top-1", "vs FP32 (points)", "p50 ms", "p90 ms",
             "p99 ms", AT_BATCH, BEST, "first inference ms", "peak MB", "end-to-end p50 ms")
-    lines += ["## Performance", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for e in card["engines"]:
-        lat, mem = e["latency_ms"], e["memory"] or {}
-        name = f"{e['format']} ({e['backend']})" + (" reference" if e["reference"] else "")
-        lines.append("| " + " | ".join([
-            name, e["precision"] or DASH, e["how"], "yes" if e["kept"] else "**dropped**", _validated_cell(e),
-            _cell(e["accuracy"], 2, 100, " %"), _cell(0.0 - e["top1_drop_points"] if e["top1_drop_points"] is not None else None, 2),
+    return ["## Performance", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
+        "| " + " | ".join(_performance_cells(e)) + " |" for e in engines]
+
+
+def _performance_cells(e: dict) -> list[str]:
+    """One engine's row of the Performance table."""
+    lat, mem = e["latency_ms"], e["memory"] or {}
+    name = f"{e['format']} ({e['backend']})" + (" reference" if e["reference"] else "")
+    drop = e["top1_drop_points"]
+    return [name, e["precision"] or DASH, e["how"], "yes" if e["kept"] else "**dropped**", _validated_cell(e),
+            _cell(e["accuracy"], 2, 100, " %"), _cell(0.0 - drop if drop is not None else None, 2),
             _cell(lat.get("p50"), 3), _cell(lat.get("p90"), 3), _cell(lat.get("p99"), 3),
             *(cell or DASH for cell in _throughput_cells(e)),
             _cell(e["time_to_first_inference_ms"], 1), _cell(mem.get("peak_increase_mb"), 1),
-            _cell(e["end_to_end_p50_ms"], 3)]) + " |")
+            _cell(e["end_to_end_p50_ms"], 3)]
+
+
+def _refused_and_dropped(card: dict[str, Any]) -> list[str]:
+    """The sections on precisions refused at export and on those kept only where faster."""
+    lines = []
     if card["refused"]:
         lines += ["", "## Refused at export (never recommended)", ""]
         lines += [f"- {r['format']} {r['precision']}: {r['reason']}" for r in card["refused"]]
@@ -204,13 +257,12 @@ def markdown(card: dict[str, Any]) -> str:
         lines += ["", "## Precisions kept only where faster (>= 1.02x vs the next higher kept precision)", ""]
         lines += [f"- {c['format']} {c['precision']}: {'kept' if c['kept'] else '**dropped**'} — {c['reason']}"
                   for c in checks]
-    lines += ["", "## What the numbers cover", ""] + [f"- **{k.replace('_', ' ')}**: {v}" for k, v in card["covers"].items()]
-    for e in card["engines"]:
-        if e["calibration"]:
-            lines.append(f"- **calibration of {e['format']} {e['precision']}**: {e['calibration'].get('label')} — "
-                         f"{e['calibration'].get('source')}")
-    versions = card["versions"]
-    lines += ["", "## Versions", "", f"- edgeft {versions['edgeft']}"]
+    return lines
+
+
+def _versions_section(versions: dict[str, Any]) -> list[str]:
+    """The Versions section: edgeft, the export's tools, the runtimes and the host."""
+    lines = ["", "## Versions", "", f"- edgeft {versions['edgeft']}"]
     if versions.get("export"):
         lines.append("- export: " + ", ".join(f"{k} {v}" for k, v in versions["export"].items() if v))
     runtimes = {f"{r.get('backend')} {r.get('version', '')}".strip() for r in versions["runtimes"].values()}
@@ -219,10 +271,7 @@ def markdown(card: dict[str, Any]) -> str:
         host = versions["host"]
         lines.append(f"- host: {host.get('cpu')} ({host.get('cores')} logical cores), {host.get('system')}, "
                      f"Python {host.get('python')}, numpy {host.get('numpy')}")
-    if card.get("notes"):
-        lines += ["", f"Target notes: {card['notes']}"]
-    lines += ["", f"Generated {card['generated']} by edgeft ({SCHEMA}).", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def write_cards(run_dir: str | Path, targets: Iterable[str] | None = None) -> list[Path]:

@@ -8,7 +8,7 @@ decide from measurements, other targets from the estimate, and each decision say
 Dropped engines keep their files: the decision is per target (INT8 may lose on this host and
 win on a Pi 5), a marginal call can flip when re-measured on a quiet machine, and the file is
 already validated. The manifests mark them instead: the profile record gets
-`precision_check`, the export.json row `speed_check[target]`, `kept` and `dropped_because`.
+`precision_check`, the export manifest row `speed_check[target]`, `kept` and `dropped_because`.
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def annotate(records: list[dict], decisions: list[Decision]) -> list[dict]:
 
 
 def _check_key(decision: Decision) -> str:
-    """The export.json speed_check key: the target, plus the backend when it is not the format's own."""
+    """The export manifest row's speed_check key: the target, plus the backend when it is not the format's own."""
     own = FORMAT_BACKEND.get(decision.format) == decision.backend
     return decision.target if own else f"{decision.target} ({decision.backend})"
 

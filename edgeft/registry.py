@@ -34,6 +34,11 @@ class Registry(Generic[T]):
         for alias in aliases:
             self._aliases[alias] = name
 
+    def remove(self, name: str) -> None:
+        """Unregisters `name` and its aliases (a plugin that goes away)."""
+        del self._items[name]
+        self._aliases = {alias: target for alias, target in self._aliases.items() if target != name}
+
     def canonical(self, name: str) -> str:
         """Returns the registered name for `name` or one of its aliases."""
         if name in self._items:

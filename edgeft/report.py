@@ -1,6 +1,6 @@
 """A run's report: report.md and a self-contained report.html with plots (matplotlib, PNG in base64).
 
-Reads only the run directory: summary.json, metrics.jsonl, export.json and the profile
+Reads only the run directory: summary.json, metrics.jsonl, the export manifest and the profile
 records in profiles/*.json (`edgeft profile RUN --target T`). Every latency says whether it
 was measured or estimated.
 """
@@ -37,7 +37,7 @@ class Report:
     markdown: Path | None = None
     html: Path | None = None
     cards: list[Path] = field(default_factory=list)  # cards/<target>.md (edgeft.modelcard)
-    refused: list[dict] = field(default_factory=list)  # export.json's refused engines, with their reasons
+    refused: list[dict] = field(default_factory=list)  # the export manifest's refused engines, with their reasons
 
 
 def profile_records(run: RunDir) -> list[dict]:
@@ -156,8 +156,6 @@ def plot_training(metrics: list[dict]) -> bytes | None:
     if not curves["student"] and not curves["teacher"]:
         return None
     plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator, PercentFormatter
-
     panels = [("student", "loss"), ("student", "top-1")] if curves["student"] else []
     panels += [("teacher", "top-1")] if curves["teacher"] else []
     # <= 9.8 in at 110 dpi: the page shows figures at most 1000 px wide, so they are never scaled down
@@ -165,32 +163,41 @@ def plot_training(metrics: list[dict]) -> bytes | None:
     colours = iter(plt.cm.tab10.colors)
     colour = {c.stage: next(colours) for c in curves["student"] + curves["teacher"]}
     for ax, (who, what) in zip(axes[0], panels):
-        for c in curves[who]:
-            if what == "loss":
-                ax.plot(c.x, c.loss, marker="o", ms=3, color=colour[c.stage], label=c.stage)
-            for values, style, kind in ((c.val_acc, "-", "validation"), (c.train_acc, "--", "train")):
-                pts = [(x, v) for x, v in zip(c.x, values) if v is not None]
-                if what == "top-1" and pts:
-                    ax.plot(*zip(*pts), ls=style, marker="o" if kind == "validation" else None, ms=3,
-                            color=colour[c.stage], label=f"{c.stage} ({kind})")
-        if who == "student":
-            for n, c in enumerate(c for c in curves["student"] if not c.stage.startswith(BASELINE_STAGE)):
-                if n:  # each stage's span: boundary and name on top (the baseline's legend names it)
-                    ax.axvline(c.x[0] - 0.5, color="grey", ls=":", lw=1)
-                ax.text((c.x[0] + c.x[-1]) / 2, 1.01, c.stage, transform=ax.get_xaxis_transform(), ha="center",
-                        va="bottom", fontsize=7, color=colour[c.stage])
-        ax.set_xlabel("epoch (student stages in order)" if who == "student" else "epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if what == "top-1":
-            ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
-        title = {("student", "loss"): "student: training loss", ("student", "top-1"): "student: accuracy",
-                 ("teacher", "top-1"): "teacher probe (frozen teacher)"}[(who, what)]
-        ax.set_title(title, pad=14 if who == "student" else 6)
-        ax.set_ylabel(what)
-        ax.legend(fontsize=7, loc="best")
-        ax.grid(alpha=0.3)
+        _training_panel(ax, curves[who], who, what, colour)
     fig.tight_layout()
     return _png(fig)
+
+
+TRAINING_TITLES = {("student", "loss"): "student: training loss", ("student", "top-1"): "student: accuracy",
+                   ("teacher", "top-1"): "teacher probe (frozen teacher)"}
+
+
+def _training_panel(ax: Any, curves: list[Curve], who: str, what: str, colour: dict[str, Any]) -> None:
+    """One panel of `plot_training`: `what` (loss or top-1) of `who`'s stages, student stages spanned in order."""
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    for c in curves:
+        if what == "loss":
+            ax.plot(c.x, c.loss, marker="o", ms=3, color=colour[c.stage], label=c.stage)
+        for values, style, kind in ((c.val_acc, "-", "validation"), (c.train_acc, "--", "train")):
+            pts = [(x, v) for x, v in zip(c.x, values) if v is not None]
+            if what == "top-1" and pts:
+                ax.plot(*zip(*pts), ls=style, marker="o" if kind == "validation" else None, ms=3,
+                        color=colour[c.stage], label=f"{c.stage} ({kind})")
+    if who == "student":
+        for n, c in enumerate(c for c in curves if not c.stage.startswith(BASELINE_STAGE)):
+            if n:  # each stage's span: boundary and name on top (the baseline's legend names it)
+                ax.axvline(c.x[0] - 0.5, color="grey", ls=":", lw=1)
+            ax.text((c.x[0] + c.x[-1]) / 2, 1.01, c.stage, transform=ax.get_xaxis_transform(), ha="center",
+                    va="bottom", fontsize=7, color=colour[c.stage])
+    ax.set_xlabel("epoch (student stages in order)" if who == "student" else "epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if what == "top-1":
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.set_title(TRAINING_TITLES[(who, what)], pad=14 if who == "student" else 6)
+    ax.set_ylabel(what)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
 
 
 MARKERS = {"onnx": "o", "openvino": "s", "tensorrt": "^", "torch": "D"}
@@ -338,7 +345,8 @@ NOTE = ("*measured*: timed on the device (warm-up, then runs until both the iter
         "published peaks, calibrated as each profile record's `calibration` field says — not a measurement. "
         f"*img/s*: {DEFINITION}. "
         "*speed-up*: batch-1 p50 vs the next higher kept precision of the same engine on the same target; "
-        "below 1.02x the precision is dropped (not recommended; its file stays, export.json says why).")
+        "below 1.02x the precision is dropped (not recommended; its file stays, "
+        f"{artifacts.EXPORT_MANIFEST} says why).")
 
 
 def _markdown(report: Report, pngs: dict[str, str]) -> str:

@@ -1,9 +1,10 @@
-"""Which profiled engines were validated against PyTorch: the join of a profile record with export.json.
+"""Which profiled engines were validated against PyTorch: a profile record joined with the export manifest.
 
-export.json lists the engines that passed validation (`engines`) and the format × precision
-pairs that were refused, with the reason (`refused`, edgeft.export.pipeline). A model card
-recommends, and the report shows, only what this module calls validated or an estimate of a
-validated graph; a refused precision is shown by its reason alone.
+The export manifest (artifacts.ExportManifest) lists the engines that passed validation
+(`engines`) and the format × precision pairs that were refused, with the reason (`refused`,
+edgeft.export.pipeline). A model card recommends, and the report shows, only what this module
+calls validated or an estimate of a validated graph; a refused precision is shown by its reason
+alone.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ NOT_BUILT = "estimate; engine not built here"
 
 @dataclass(frozen=True)
 class Exports:
-    """A run's export.json: passed rows by (format, precision), refusal reasons by (format, precision)."""
+    """A run's export manifest: passed rows by (format, precision), refusal reasons by (format, precision)."""
 
     rows: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     refused: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -30,11 +31,11 @@ class Exports:
         return cls(manifest.by_key(), manifest.reasons())
 
     def validation(self, record: dict) -> tuple[dict[str, Any], str]:
-        """The export.json row that validates a profile record's engine, and its status in words.
+        """The export manifest row that validates a profile record's engine, and its status in words.
 
         A measured engine is validated by its own row; an estimate by the row of its format and
         precision, else by the validated ONNX of that precision it was estimated from. Without
-        one the status says why: refused (with export.json's reason) or never exported.
+        one the status says why: refused (with the manifest's reason) or never exported.
         """
         key = (record.get("format"), record.get("precision"))
         if record.get("format") == "torch":

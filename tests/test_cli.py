@@ -245,7 +245,7 @@ def plain_progress():
 
     from rich.console import Console
 
-    from edgeft.cli import RichProgress
+    from edgeft.console import RichProgress
 
     stream, clock = io.StringIO(), FakeClock()
     return RichProgress(Console(file=stream, width=200), clock=clock), stream, clock

@@ -61,7 +61,7 @@ def pretrain_from_scratch(out: Path, arch: str, data: Path, image_size: int, epo
     """Supervised training of `arch` from random init (stl, SGD) into run directory `out`, cached: a finished
     run is returned as it is, a killed one continues from its last checkpoint."""
     from edgeft.artifacts import RunDir
-    from edgeft.cli import RichProgress
+    from edgeft.console import RichProgress
     from edgeft.compress.pipeline import run_compress
     from edgeft.config import CompressConfig
 

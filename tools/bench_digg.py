@@ -35,7 +35,7 @@ GRID_SOURCES, GRID_SAMPLES = 8, 7
 
 def digg_pack() -> Path:
     """The benchmark pack with its latent transformer (added once; a killed run resumes)."""
-    from edgeft.cli import RichProgress
+    from edgeft.console import RichProgress
     from edgeft.compress.generative.prime import prime
     from edgeft.config import PrimeConfig
 
@@ -70,7 +70,7 @@ def few_and_test():
 
 
 def generate_on(device: str, n: int, few, classes) -> tuple[Path, dict]:
-    from edgeft.cli import RichProgress
+    from edgeft.console import RichProgress
     from edgeft.compress.generative.digg import DiggSpec, Sources, generate
     from edgeft.compress.generative.pack import load_pack
 

@@ -4,7 +4,7 @@
 
 1. Speed rows (timm, random weights, 224 px, batch 1): ONNX Runtime fp32/fp16/int8 and OpenVINO
    fp32/fp16/int8, built with edgeft's own exporter functions (export.onnx.export_onnx, to_fp16,
-   int8_guard's quantisers), plus the plain `onnxruntime.quantization.quantize_static` engine (QDQ,
+   export.onnx_int8, export.openvino), plus the plain `onnxruntime.quantization.quantize_static` engine (QDQ,
    per channel, after `quant_pre_process`, onnxruntime's defaults otherwise) as the INT8 bar.
    Per engine (measure_block): edgeft's engine timed by `edgeft.runtime.profile.time_loop` beside an
    independent loop written here (plain onnxruntime / openvino calls), in alternating chunks over all
@@ -134,8 +134,8 @@ def build_engines(name: str, size: int, dynamic: bool) -> list[EngineFile]:
 
 def _build_onnx(model, card, paths: dict[str, Path], job: CalibrationJob, batch) -> None:
     from edgeft.export.base import INPUT_NAME
-    from edgeft.export.int8_guard import quantize_onnx_bounded
-    from edgeft.export.onnx import export_onnx, to_fp16
+    from edgeft.export.onnx import export_onnx, ort_runner, to_fp16
+    from edgeft.export.onnx_int8 import quantize_onnx_bounded
 
     fp32 = paths["onnxruntime fp32"]
     if not fp32.exists():
@@ -143,7 +143,7 @@ def _build_onnx(model, card, paths: dict[str, Path], job: CalibrationJob, batch)
     if not paths["onnxruntime fp16"].exists():
         to_fp16(fp32, paths["onnxruntime fp16"], card)
     if not paths["onnxruntime int8"].exists():
-        quantize_onnx_bounded(job, fp32, paths["onnxruntime int8"], INPUT_NAME, cpu_scheme())
+        quantize_onnx_bounded(job, fp32, paths["onnxruntime int8"], INPUT_NAME, cpu_scheme(), ort_runner)
     if "onnxruntime int8 plain" in paths and not paths["onnxruntime int8 plain"].exists():
         plain_quantize_static(fp32, paths["onnxruntime int8 plain"], job.images, INPUT_NAME)
 
@@ -163,8 +163,7 @@ def plain_quantize_static(src: Path, dst: Path, images: np.ndarray, input_name: 
 def _build_openvino(paths: dict[str, Path], job: CalibrationJob) -> None:
     import openvino as ov
 
-    from edgeft.export.int8_guard import quantize_openvino_bounded
-    from edgeft.export.openvino import save_ir
+    from edgeft.export.openvino import quantize_openvino_bounded, save_ir
 
     source = str(paths["onnxruntime fp32"])
     for precision in ("fp32", "fp16", "int8"):

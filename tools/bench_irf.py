@@ -37,7 +37,7 @@ TARGET_PSNR = 23.0
 
 def upstream_pack() -> Path:
     """The benchmark pack (primed here once; a killed prime resumes)."""
-    from edgeft.cli import RichProgress
+    from edgeft.console import RichProgress
     from edgeft.compress.generative.prime import prime
     from edgeft.config import PrimeConfig
 

@@ -31,9 +31,9 @@ from bench_irf import PACK, upstream_pack  # noqa: E402
 from pretrain_teacher import pretrain  # noqa: E402
 
 from edgeft import artifacts  # noqa: E402
-from edgeft.cli import RichProgress  # noqa: E402
+from edgeft.console import RichProgress  # noqa: E402
 from edgeft.compress.pipeline import run_compress  # noqa: E402
-from edgeft.config import CompressConfig  # noqa: E402
+from edgeft.config import CompressConfig, build_config  # noqa: E402
 
 TEACHER_ARCH = "resnetv2_50x1_bit"
 STUDENT_ARCH = "resnet18"
@@ -129,7 +129,8 @@ def run_row(row: Row, seed: int, quick: bool) -> dict:
     if not run.summary.exists():
         if row.method in DIGG_METHODS:
             _share_generated(out, seed, quick)
-        cfg = CompressConfig(
+        cfg = build_config(
+            CompressConfig,
             teacher=(TEACHER_ARCH,) if row.uses_teacher else (),
             teacher_weights=(str(weights["teacher"]),) if row.uses_teacher else (),
             student=TEACHER_ARCH if row.model == "teacher" else STUDENT_ARCH,

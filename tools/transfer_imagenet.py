@@ -25,10 +25,10 @@ from _common import CACHE, DOWNSTREAM_CLASSES, DOWNSTREAM_FRACTION, require_shar
 from pretrain_student import pretrained_student
 
 from edgeft import artifacts
-from edgeft.cli import RichProgress
+from edgeft.console import RichProgress
 from edgeft.compress.packaged import PACKAGED
 from edgeft.compress.pipeline import run_compress
-from edgeft.config import CompressConfig
+from edgeft.config import CompressConfig, build_config
 
 TEACHER = "tf_efficientnet_lite2"
 TEACHER_SIZE = 128
@@ -116,7 +116,8 @@ def run_row(task: Task, row: Row, seed: int) -> dict:
         else:
             pre = pretrained_student(row.student, task.image_size, PRETRAIN_EPOCHS)
             student, weights, size = row.student, str(pre / "student" / "model.safetensors"), task.image_size
-        cfg = CompressConfig(
+        cfg = build_config(
+            CompressConfig,
             teacher=(TEACHER,) if row.uses_teacher else (), teacher_image_size=TEACHER_SIZE,
             student=student, student_weights=weights, data=str(require_shared(task.zip_name)),
             classes=task.classes, fraction=task.fraction, method=row.method, epochs=row.epochs, image_size=size,
@@ -194,7 +195,7 @@ def checks(results: dict) -> list[dict]:
 def markdown(results: dict) -> str:
     """The table per task (mean ± std, seconds per run) and the checks, with the provenance."""
     prov = results.get("provenance", {})
-    lines = [f"# Transfer benchmark, imagenet-teacher protocol", "", __doc__.split("\n\n", 1)[1].strip(), ""]
+    lines = ["# Transfer benchmark, imagenet-teacher protocol", "", __doc__.split("\n\n", 1)[1].strip(), ""]
     total = sum(v["seconds"] for v in results["runs"].values())
     for task in TASKS.values():
         lines += [f"## {task.name} (students at {task.image_size} px, teacher at {TEACHER_SIZE} px)", "",

@@ -19,14 +19,12 @@ from edgeft.compress.methods import METHODS
 from edgeft.compress.methods.base import TransferContext
 from edgeft.compress.methods.common import (adapted_teacher, evaluate, finetune, mean_per_class_accuracy, predictions,
                                            top1)
-from edgeft.compress.train import Dist, NullProgress, Progress, Trainer, resolve_device
-from edgeft.config import CompressConfig, build_config
+from edgeft.compress.resumable import Dist, NullProgress, Progress
+from edgeft.compress.train import Trainer, resolve_device
+from edgeft.config import RESUME_FREE, CompressConfig, build_config
 from edgeft.errors import ConfigError, DataError, Interrupted
 
 log = logging.getLogger(__name__)
-
-# Options that may differ between a run and its --resume (they do not change the result).
-RESUME_FREE = {"resume", "out", "device", "workers", "formats", "precisions", "target", "batch_profile", "max_drop"}
 
 
 def prepare_run(cfg: CompressConfig, explicit: dict) -> tuple[CompressConfig, RunDir]:
@@ -40,10 +38,10 @@ def prepare_run(cfg: CompressConfig, explicit: dict) -> tuple[CompressConfig, Ru
         for key, value in explicit.items():
             if key in RESUME_FREE:
                 continue
-            if _norm(value) != _norm(getattr(saved, key)):
+            if _norm(value) != _norm(saved.value(key)):
                 raise ConfigError(
                     f"--resume: --{key.replace('_', '-')} {value} differs from the saved run "
-                    f"({getattr(saved, key)}); resume with the same options or choose another --out"
+                    f"({saved.value(key)}); resume with the same options or choose another --out"
                 )
         cfg = dataclasses.replace(saved, resume=True, out=str(out), device=cfg.device, workers=cfg.workers)
     elif run.summary.exists() or run.checkpoints.exists():
@@ -72,11 +70,32 @@ def run_compress(
 
 def _compress(cfg: CompressConfig, run: RunDir, progress: Callable[[], Progress],
               seconds: Callable[[], float]) -> dict:
+    """Fits the method in `run`, then writes the student and summary.json (main rank); returns the summary."""
     check_kernels(cfg.kernels)
     device = resolve_device(cfg.device)
     dist = Dist.from_env(device)
     torch.manual_seed(cfg.seed)
     method = METHODS.get(cfg.method).load()()
+    ctx = _context(cfg, run, device, dist, progress)
+    student = method.fit(ctx)
+    if ctx.teacher_specs and "teacher_accuracy" not in ctx.notes:
+        adapted_teacher(ctx)
+    summary = _summarise(ctx, student, ctx.images, ctx.val, seconds())
+    if cfg.baseline and ctx.teacher_specs and cfg.method != "stl":
+        summary["baseline"] = _fine_tune_alone(ctx)
+        summary["gain_over_baseline"] = round(summary["student"]["accuracy"] - summary["baseline"]["accuracy"], 5)
+        summary["seconds"] = round(seconds(), 1)
+    if dist.is_main:
+        _write_student(run, ctx, student)
+        artifacts.write_json(run.summary, summary)
+        run.elapsed.unlink(missing_ok=True)  # the summary holds the total now
+    dist.barrier()
+    return summary
+
+
+def _context(cfg: CompressConfig, run: RunDir, device: torch.device, dist: Dist,
+             progress: Callable[[], Progress]) -> TransferContext:
+    """Loads the teachers, the data and a fresh student, saves config.yaml and data_split.json (main rank)."""
     teacher_specs = _teacher_specs(cfg)
     # Teachers are loaded first so that an offline hub or a bad file fails before any data work.
     teachers = [models.create(spec, num_classes=0, role="teacher").to(device).eval().requires_grad_(False)
@@ -88,33 +107,25 @@ def _compress(cfg: CompressConfig, run: RunDir, progress: Callable[[], Progress]
     if dist.is_main:
         artifacts.write_yaml(run.config, cfg.to_dict())
     image_size = student_image_size(cfg, teacher_specs, splits)
-    images = data_mod.ImageDataset(splits.store, splits.train, image_size, what="training images")
-    val = data_mod.ImageDataset(
-        splits.store, splits.val, image_size, data_mod.build_transform(image_size, train=False),
-        what="validation images",
-    )
+    images, val = _datasets(splits, image_size)
     if dist.is_main:  # after decoding: the split lists exactly the images used, and those skipped
         artifacts.write_json(run.data_split, splits.describe(images, val))
     student_spec = models.resolve(cfg.student, _student_weights(cfg), role="student")
     torch.manual_seed(cfg.seed)
     student = models.create(student_spec, num_classes=len(splits.classes), role="student").to(device)
     trainer = Trainer(run, device, dist, progress() if dist.is_main else NullProgress(), cfg.resume)
-    ctx = TransferContext(cfg, run, device, trainer, splits.classes, images, val, image_size,
-                          teacher_specs, student, student_spec, teachers)
-    student = method.fit(ctx)
-    if teacher_specs and "teacher_accuracy" not in ctx.notes:
-        adapted_teacher(ctx)
-    summary = _summarise(ctx, student, images, val, seconds())
-    if cfg.baseline and teacher_specs and cfg.method != "stl":
-        summary["baseline"] = _fine_tune_alone(ctx)
-        summary["gain_over_baseline"] = round(summary["student"]["accuracy"] - summary["baseline"]["accuracy"], 5)
-        summary["seconds"] = round(seconds(), 1)
-    if dist.is_main:
-        _write_student(run, ctx, student)
-        artifacts.write_json(run.summary, summary)
-        run.elapsed.unlink(missing_ok=True)  # the summary holds the total now
-    dist.barrier()
-    return summary
+    return TransferContext(cfg, run, device, trainer, splits.classes, images, val, image_size,
+                           teacher_specs, student, student_spec, teachers)
+
+
+def _datasets(splits: data_mod.DataSplits, image_size: int) -> tuple[data_mod.ImageDataset, data_mod.ImageDataset]:
+    """The training images (no transform: the method adds its own) and the validation images (eval transform)."""
+    images = data_mod.ImageDataset(splits.store, splits.train, image_size, what="training images")
+    val = data_mod.ImageDataset(
+        splits.store, splits.val, image_size, data_mod.build_transform(image_size, train=False),
+        what="validation images",
+    )
+    return images, val
 
 
 def _previous_seconds(run: RunDir) -> float:

@@ -3,26 +3,30 @@
 A method describes a *stage* (the modules it trains, their parameter groups, a loss on a
 batch, a data loader) and `run_stage` owns the rest: optimiser, schedule, AMP on CUDA,
 gradient clipping, DDP, per-epoch checkpoints with RNG state (so `--resume` continues
-exactly), metrics rows and progress.
+exactly), metrics rows and progress — the last three through `edgeft.compress.resumable`'s
+`Loop`, which `edgeft prime` shares.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from pathlib import Path
+from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from edgeft import artifacts
 from edgeft.artifacts import RunDir
+from edgeft.compress.resumable import Checkpoint, Dist, Loop, NullProgress, Progress, append_metrics
 from edgeft.errors import ConfigError
+
+__all__ = ["LossFn", "Optimisation", "Stage", "TrainSpec", "Trainer", "make_optimizer", "make_schedule",
+           "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -43,55 +47,6 @@ class TrainSpec:
     eval_every: int = 1
 
 
-class Progress(Protocol):
-    """What the loop reports to (the CLI renders it as a rich progress bar)."""
-
-    def start(self, stage: str, total: int) -> None: ...
-    def advance(self, steps: int, **fields: float) -> None: ...
-    def finish(self) -> None: ...
-
-
-class NullProgress:
-    """Progress sink for library use and non-main DDP ranks."""
-
-    def start(self, stage: str, total: int) -> None:
-        pass
-
-    def advance(self, steps: int, **fields: float) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-
-@dataclass
-class Dist:
-    """DDP placement of this process (world 1 when not under torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls, device: torch.device) -> "Dist":
-        """Initialises the process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world == 1:
-            return cls()
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size())
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-
 @dataclass
 class Stage:
     """One training stage of a method."""
@@ -107,6 +62,47 @@ class Stage:
 
 
 @dataclass
+class Optimisation:
+    """A stage's optimiser, per-step LR schedule and mixed precision (autocast on CUDA, gradient scaler)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    amp: bool
+    amp_dtype: torch.dtype
+
+    @classmethod
+    def build(cls, stage: Stage, device: torch.device) -> "Optimisation":
+        """The optimiser over the stage's parameter groups and its schedule over all of the stage's steps."""
+        groups = stage.param_groups or [
+            {"params": [p for m in stage.modules.values() for p in m.parameters() if p.requires_grad]}
+        ]
+        optimizer = make_optimizer(groups, stage.spec)
+        total = max(1, stage.spec.epochs * len(stage.loader))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, make_schedule(stage.spec, total))
+        amp = device.type == "cuda"
+        amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+        return cls(optimizer, scheduler, scaler, amp, amp_dtype)
+
+    def parts(self) -> dict[str, object]:
+        """What a checkpoint keeps of it."""
+        return {"optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
+
+    def step(self, loss: torch.Tensor, clip_grad: float | None) -> None:
+        """Backward (scaled), gradient clipping, optimiser and schedule step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+
+@dataclass
 class Trainer:
     """Runs stages inside one run directory."""
 
@@ -119,63 +115,56 @@ class Trainer:
     def run_stage(self, stage: Stage) -> dict:
         """Trains `stage` to the end (or restores it if a finished copy exists); returns its last metrics."""
         folder = self.run.stage_dir(stage.name)
-        done_file = folder / "done.json"
-        if done_file.exists():
-            _load_modules(stage.modules, folder / "final.safetensors")
-            log.info("stage %s already finished; restored its weights", stage.name)
-            return artifacts.read_json(done_file)
+        if (folder / "done.json").exists():
+            return self._restore_finished(stage, folder)
         for module in stage.modules.values():
             module.to(self.device)
-        groups = stage.param_groups or [
-            {"params": [p for m in stage.modules.values() for p in m.parameters() if p.requires_grad]}
-        ]
-        optimizer = make_optimizer(groups, stage.spec)
-        steps_per_epoch = len(stage.loader)
-        total = max(1, stage.spec.epochs * steps_per_epoch)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, make_schedule(stage.spec, total))
-        amp = self.device.type == "cuda"
-        amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
-        start_epoch = 0
-        last = folder / "last.pt"
-        if last.exists():
-            if not self.resume:
-                raise ConfigError(
-                    f"--out {self.run.root}: holds an unfinished run; pass --resume to continue it or choose another --out"
-                )
-            start_epoch = self._restore(last, stage, optimizer, scheduler, scaler)
-            log.info("stage %s resumes after epoch %d", stage.name, start_epoch)
+        opt = Optimisation.build(stage, self.device)
+        checkpoint = self._checkpoint(stage, folder / "last.pt", opt)
+        loop = Loop(stage.name, stage.spec.epochs, checkpoint, self.progress, bar_per_unit=len(stage.loader),
+                    dist=self.dist)
         wrapper = _ddp_wrap(stage, self.dist, self.device)
-        sampler = stage.loader.sampler
-        self.progress.start(stage.name, total)
-        self.progress.advance(start_epoch * steps_per_epoch)
         metrics: dict = {}
-        try:  # the bar is closed also on Ctrl-C, so that the interruption's message reads cleanly
-            for epoch in range(start_epoch, stage.spec.epochs):
-                if hasattr(sampler, "set_epoch"):
-                    sampler.set_epoch(epoch)
-                began = time.time()
-                metrics = self._train_epoch(stage, wrapper, optimizer, scheduler, scaler, amp, amp_dtype)
-                metrics.update(stage=stage.name, epoch=epoch + 1, seconds=round(time.time() - began, 3))
-                is_last = epoch + 1 == stage.spec.epochs
-                if stage.evaluate and (is_last or (epoch + 1) % stage.spec.eval_every == 0):
-                    if self.dist.is_main:
-                        metrics["val_acc"] = stage.evaluate()
-                    self.dist.barrier()
-                if self.dist.is_main:
-                    self._append_metrics(metrics)
-                    self._save(last, epoch + 1, stage, optimizer, scheduler, scaler)
-                self.dist.barrier()
-        finally:
-            self.progress.finish()
-        if self.dist.is_main:
-            _save_modules(stage.modules, folder / "final.safetensors")
-            artifacts.write_json(done_file, metrics)
-            last.unlink(missing_ok=True)
-        self.dist.barrier()
+
+        def epoch(index: int) -> None:
+            metrics.clear()
+            metrics.update(self._run_epoch(stage, wrapper, opt, index))
+
+        loop.run(epoch)
+        self._finish(stage, folder, metrics)
         return metrics
 
-    def _train_epoch(self, stage, wrapper, optimizer, scheduler, scaler, amp, amp_dtype) -> dict:
+    def _checkpoint(self, stage: Stage, path: Path, opt: Optimisation) -> Checkpoint:
+        """The stage's per-epoch checkpoint; restoring it drops metrics rows of the epochs after it."""
+
+        def drop_later_rows(state: dict) -> None:
+            rows = [r for r in artifacts.read_jsonl(self.run.metrics)
+                    if not (r.get("stage") == stage.name and r.get("epoch", 0) > state["position"])]
+            if self.dist.is_main:
+                artifacts.write_jsonl(self.run.metrics, rows)
+
+        parts = {**{f"module.{k}": m for k, m in stage.modules.items()}, **opt.parts()}
+        return Checkpoint(path, parts, self.resume, self.run.root, on_restore=drop_later_rows)
+
+    def _run_epoch(self, stage: Stage, wrapper: nn.Module, opt: Optimisation, epoch: int) -> dict:
+        """Epoch `epoch` (from 0): training, validation when due, its metrics row (main rank)."""
+        sampler = stage.loader.sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        began = time.time()
+        metrics = self._train_epoch(stage, wrapper, opt)
+        metrics.update(stage=stage.name, epoch=epoch + 1, seconds=round(time.time() - began, 3))
+        is_last = epoch + 1 == stage.spec.epochs
+        if stage.evaluate and (is_last or (epoch + 1) % stage.spec.eval_every == 0):
+            if self.dist.is_main:
+                metrics["val_acc"] = stage.evaluate()
+            self.dist.barrier()
+        if self.dist.is_main:
+            append_metrics(self.run.metrics, metrics, "epoch")
+        return metrics
+
+    def _train_epoch(self, stage: Stage, wrapper: nn.Module, opt: Optimisation) -> dict:
+        """One pass over the stage's loader; its loss, last LR, steps and (with logits) train accuracy."""
         for module in stage.modules.values():
             module.train()
         for module in stage.frozen_eval_modules:
@@ -184,19 +173,11 @@ class Trainer:
         for images, labels in stage.loader:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp):
+            with torch.autocast(self.device.type, dtype=opt.amp_dtype, enabled=opt.amp):
                 loss, logits = wrapper(images, labels)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"stage {stage.name}: loss became {loss.item()}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if stage.spec.clip_grad:
-                scaler.unscale_(optimizer)
-                params = [p for g in optimizer.param_groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, stage.spec.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            opt.step(loss, stage.spec.clip_grad)
             loss_sum += loss.item() * len(labels)
             seen += len(labels)
             fields = {"loss": loss_sum / seen}
@@ -204,40 +185,25 @@ class Trainer:
                 correct += (logits.argmax(1) == labels).sum().item()
                 fields["acc"] = correct / seen
             self.progress.advance(1, **fields)
-        out = {"loss": round(loss_sum / max(seen, 1), 5), "lr": scheduler.get_last_lr()[0], "steps": len(stage.loader)}
+        out = {"loss": round(loss_sum / max(seen, 1), 5), "lr": opt.scheduler.get_last_lr()[0],
+               "steps": len(stage.loader)}
         if seen and "acc" in fields:
             out["train_acc"] = round(correct / seen, 5)
         return out
 
-    def _append_metrics(self, row: dict) -> None:
-        rows = [r for r in artifacts.read_jsonl(self.run.metrics)
-                if not (r.get("stage") == row["stage"] and r.get("epoch", 0) >= row["epoch"])]
-        artifacts.write_jsonl(self.run.metrics, rows + [row])
+    def _restore_finished(self, stage: Stage, folder: Path) -> dict:
+        """A finished stage's weights and its last metrics (done.json)."""
+        _load_modules(stage.modules, folder / "final.safetensors")
+        log.info("stage %s already finished; restored its weights", stage.name)
+        return artifacts.read_json(folder / "done.json")
 
-    def _save(self, path, epoch, stage, optimizer, scheduler, scaler) -> None:
-        state = {
-            "epoch": epoch,
-            "modules": {k: m.state_dict() for k, m in stage.modules.items()},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": _rng_state(),
-        }
-        artifacts.atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-    def _restore(self, path, stage, optimizer, scheduler, scaler) -> int:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key, module in stage.modules.items():
-            module.load_state_dict(state["modules"][key])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        rows = [r for r in artifacts.read_jsonl(self.run.metrics)
-                if not (r.get("stage") == stage.name and r.get("epoch", 0) > state["epoch"])]
+    def _finish(self, stage: Stage, folder: Path, metrics: dict) -> None:
+        """Writes the stage's final weights and done.json, then drops its checkpoint (main rank)."""
         if self.dist.is_main:
-            artifacts.write_jsonl(self.run.metrics, rows)
-        return int(state["epoch"])
+            _save_modules(stage.modules, folder / "final.safetensors")
+            artifacts.write_json(folder / "done.json", metrics)
+            (folder / "last.pt").unlink(missing_ok=True)
+        self.dist.barrier()
 
 
 def make_optimizer(groups: list[dict], spec: TrainSpec) -> torch.optim.Optimizer:
@@ -300,32 +266,6 @@ def _load_modules(modules: dict[str, nn.Module], path) -> None:
     for key, module in modules.items():
         prefix = key + "."
         module.load_state_dict({n[len(prefix):]: t for n, t in flat.items() if n.startswith(prefix)})
-
-
-def _rng_state() -> dict:
-    """Every RNG the loop draws from, as tensors (loadable with weights_only=True)."""
-    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(np_keys.astype(np.int64)),
-        "numpy_extra": torch.tensor([np_pos, np_has_gauss, np_gauss], dtype=torch.float64),
-        "python": torch.tensor(py_state, dtype=torch.int64),
-        "python_gauss": torch.tensor(float("nan") if py_gauss is None else py_gauss, dtype=torch.float64),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    pos, has_gauss, gauss = state["numpy_extra"].tolist()
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), gauss))
-    py_gauss = state["python_gauss"].item()
-    random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None if math.isnan(py_gauss) else py_gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def resolve_device(name: str) -> torch.device:

@@ -2,7 +2,7 @@
 
 `export_run` is the library entry point behind `edgeft export`: it rebuilds the student
 from the run's card with timm (never importing `edgeft.compress`), exports each format ×
-precision, validates every engine against PyTorch and records them in `export.json` (an engine
+precision, validates every engine against PyTorch and records them in the run's export manifest (an engine
 that fails is refused there with its reason, and the others go on).
 """
 from __future__ import annotations

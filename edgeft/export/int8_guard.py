@@ -1,40 +1,29 @@
 """Accuracy-bounded INT8 (`--max-drop POINTS`): other calibrators, then layers kept in float, else refusal.
 
-Without a bound, INT8 is one MinMax (ONNX Runtime) or default (NNCF) calibration, as
-before. With one, every candidate is measured on the run's held-out reference images
-against PyTorch (validate.compare) with the INT8 tolerance whose accuracy limit is the
-bound, and the first that holds is kept:
+Format-neutral: each exporter brings its own quantiser (ONNX Runtime: export/onnx_int8.py; NNCF:
+export/openvino.py) and hands `bounded_int8` its candidates. Without a bound, INT8 is the
+backend's one default calibration (`unbounded`), as before. With one, every candidate is measured
+on the run's held-out reference images against PyTorch (validate.compare) with the INT8 tolerance
+whose accuracy limit is the bound, and the first that holds is kept:
 
-1. each calibrator the backend has: ONNX Runtime MinMax, Entropy, Percentile; NNCF's
-   default (mean of per-image min/max) and mean-quantile activation ranges;
-2. if none holds, the most sensitive layers stay in float. ONNX Runtime: a sensitivity pass
-   (onnxruntime.quantization.qdq_loss_debug) runs the float and the Q/DQ graph on a few
-   calibration images and ranks each layer by how much signal-to-quantization-noise it loses
-   from its inputs to its output; the top 1, 2, 4, … layers are excluded from quantization
-   together with the activation path that feeds them (their input tensors lose their Q/DQ).
-   OpenVINO: NNCF's own quantize_with_accuracy_control, which ranks and reverts the same way;
-3. if KEPT_SHARE of the layers in float still breaks the bound, INT8 is refused with the
-   best measured drop (a RefusedError naming --max-drop; the export goes on with the other engines).
+1. each calibration try the backend offers, in its order (a `skippable` one that fails on this
+   graph is recorded and skipped; any other failure is the backend's to report);
+2. if none holds, the backend's `keep_float` fallback for the best calibrator: candidates with
+   the most sensitive layers kept in float, at most KEPT_SHARE of the quantized layers (`max_kept`);
+3. if the last of those still breaks the bound, INT8 is refused with the best measured drop
+   (a RefusedError naming --max-drop; the export goes on with the other engines).
 
-The outcome (calibrator, kept layers, drop, every try, the Q/DQ scheme) goes into the engine's
-ExportRecord. The ONNX Runtime graph is in the scheme the CPU runs fast (quantize.cpu_scheme);
-TensorRT's is symmetric signed INT8, which its explicit quantization needs.
+The outcome (calibrator, kept layers, drop, every try) goes into the engine's ExportRecord
+(`Search.record`); `describe` sums it up for the CLI.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, NoReturn, Sequence, TypeVar
 
 from edgeft.errors import ConfigError, RefusedError
-from edgeft.export.quantize import Int8Scheme, quantize_onnx
 from edgeft.export.validate import DEFAULT_TOLERANCES, Runner, compare
 
 if TYPE_CHECKING:
@@ -42,13 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ORT_CALIBRATORS = ("minmax", "entropy", "percentile")
-HISTOGRAM_IMAGES = 64  # entropy/percentile hold every activation of every image in memory
-SENSITIVITY_IMAGES = 16
 KEPT_SHARE = 0.25  # at most this share of the quantized layers stays in float before INT8 is refused
-COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-OV_COMPUTE_OPS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul"}
-_DQ_SUFFIX, _Q_INPUT_SUFFIX = "_DequantizeLinear_Output", "_QuantizeLinear_Input"
+
+Candidate = TypeVar("Candidate")  # what a backend quantises into: an ONNX file, an in-memory OpenVINO model
 
 
 def check_max_drop(max_drop: float | None) -> None:
@@ -58,6 +43,21 @@ def check_max_drop(max_drop: float | None) -> None:
 
 def max_kept(layers: int) -> int:
     return max(1, int(layers * KEPT_SHARE))
+
+
+def unbounded(calibrator: str) -> dict[str, Any]:
+    """The record of INT8 made without --max-drop: the backend's one default calibration."""
+    return {"calibrator": calibrator, "kept_layers": [], "max_drop": None}
+
+
+@dataclass(frozen=True)
+class Try(Generic[Candidate]):
+    """One INT8 candidate a backend offers: its calibrator, the layers it keeps in float and how to build it."""
+
+    calibrator: str
+    build: Callable[[], Candidate]
+    kept: Sequence[str] = ()
+    skippable: bool = False  # a failure (quantiser or measurement) is recorded and the next try goes on
 
 
 @dataclass
@@ -79,6 +79,11 @@ class Search:
                  len(kept), drop, "" if not failures else f" ({'; '.join(failures)})")
         return not failures
 
+    def failed(self, calibrator: str, exc: Exception) -> None:
+        """Records a calibration that failed on this graph (no drop measured)."""
+        self.tried.append({"calibrator": calibrator, "kept": 0, "drop_points": None, "passed": False,
+                           "failures": [f"calibration failed: {str(exc)[:120]}"]})
+
     def best(self) -> dict[str, Any]:
         measured = [t for t in self.tried if t["drop_points"] is not None]
         return min(measured, key=lambda t: (not t["passed"], len(t["failures"]), t["drop_points"]))
@@ -89,7 +94,7 @@ class Search:
                                                          | ({"error": t["failures"][0]} if t["drop_points"] is None else {})
                                                          for t in self.tried]}
 
-    def refuse(self) -> None:
+    def refuse(self) -> NoReturn:
         best = self.best()
         extra = f" (failing: {'; '.join(best['failures'])})" if best["failures"] else ""
         raise RefusedError(
@@ -111,191 +116,35 @@ def describe(quantization: dict[str, Any] | None) -> str:
             f"PyTorch (--max-drop {quantization['max_drop']:g}; {len(quantization['tried'])} tries)")
 
 
-# ---------------------------------------------------------------------------------------- ONNX Runtime
+def bounded_int8(job: "ExportJob", backend: str, tries: Sequence[Try[Candidate]],
+                 runner: Callable[[Candidate], Runner],
+                 keep_float: Callable[[str], Iterable[Try[Candidate]]]) -> tuple[Candidate, dict[str, Any]]:
+    """The first candidate within the job's --max-drop and its record; raises RefusedError when none holds.
 
-
-def quantize_onnx_bounded(job: "ExportJob", src: Path, dst: Path, input_name: str,
-                          scheme: Int8Scheme) -> dict[str, Any]:
-    """Writes the INT8 Q/DQ ONNX of `src` in `scheme` to `dst` within the job's --max-drop; returns how it was made."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from edgeft.export.onnx import ort_runner
-
-    calibration = job.calibration()
-    if job.max_drop is None:
-        quantize_onnx(src, dst, calibration, input_name, scheme)
-        return {"calibrator": "minmax", "kept_layers": [], "max_drop": None, "scheme": scheme.to_json()}
-    search = Search(job, "onnxruntime")
-    prepared = dst.with_name(dst.stem + ".pre.onnx")
-    quant_pre_process(str(src), str(prepared))
-    candidates: dict[str, Path] = {}
-
-    def attempt(method: str, kept: list[str], exclude: set[str]) -> bool:
-        path = dst.with_name(f"{dst.stem}.{method}-{len(kept)}.onnx")
-        images = calibration if method == "minmax" else calibration[:HISTOGRAM_IMAGES]
-        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
-            quantize_onnx(prepared, path, images, input_name, scheme, method, sorted(exclude), prepare=False)
-        candidates.setdefault(method, path)
-        if not search.measure(ort_runner(path), method, kept):
-            return False
-        os.replace(path, dst)
-        return True
-
-    try:
-        for method in ORT_CALIBRATORS:
-            try:
-                if attempt(method, [], set()):
-                    return search.record(method, []) | {"scheme": scheme.to_json()}
-            except Exception as exc:  # noqa: BLE001 - a calibrator that fails on this graph is skipped
-                if method == "minmax":
-                    raise
-                log.warning("onnxruntime %s calibration failed on this model (%s); skipped", method, exc)
-                search.tried.append({"calibrator": method, "kept": 0, "drop_points": None, "passed": False,
-                                     "failures": [f"calibration failed: {str(exc)[:120]}"]})
-        method = search.best()["calibrator"]
-        ranked = rank_layers(prepared, candidates[method], calibration[:SENSITIVITY_IMAGES], input_name)
-        count = 1
-        while True:
-            count = min(count, max_kept(len(ranked)))
-            kept = [name for name, _ in ranked[:count]]
-            if attempt(method, kept, set().union(*(group for _, group in ranked[:count]))):
-                return search.record(method, kept) | {"scheme": scheme.to_json()}
-            if count == max_kept(len(ranked)):
-                search.refuse()
-            count *= 2
-    finally:
-        for path in (prepared, *dst.parent.glob(f"{dst.stem}.*-*.onnx")):
-            path.unlink(missing_ok=True)
-
-
-def rank_layers(float_path: Path, qdq_path: Path, images: np.ndarray, input_name: str) -> list[tuple[str, set[str]]]:
-    """Quantized layers, most sensitive first, each with the nodes to exclude to keep it in float.
-
-    A layer's sensitivity is the signal-to-quantization-noise ratio (dB, float vs Q/DQ graph on
-    the same images) it loses from its most accurate activation input to its output. Keeping it
-    in float excludes it and the non-compute nodes feeding it up to the previous layers, which
-    are excluded too: a tensor loses its Q/DQ only when no node next to it quantizes it.
+    `tries` are the backend's calibrations; `runner` turns a candidate into a validation runner;
+    `keep_float(calibrator)` yields the fallback candidates of the best calibrator, fewest layers
+    in float first, and builds each only when it is reached.
     """
-    import onnx
-    from onnxruntime.quantization import qdq_loss_debug as qdq
-
-    def activations(path: Path) -> dict[str, np.ndarray]:
-        augmented = path.with_name(path.stem + ".debug.onnx")
-        try:
-            qdq.modify_model_output_intermediate_tensors(str(path), str(augmented))
-            batches = qdq.collect_activations(str(augmented), _Reader(images, input_name))
-        finally:
-            augmented.unlink(missing_ok=True)
-        return {name: np.concatenate(values) for name, values in batches.items()}
-
-    floats, quantized = activations(float_path), activations(qdq_path)
-    floats.setdefault(input_name, images.reshape(-1))
-    graph = onnx.load_model(str(float_path), load_external_data=False).graph
-    producer = {out: node for node in graph.node for out in node.output}
-    scores = []
-    for node in onnx.load_model(str(qdq_path), load_external_data=False).graph.node:
-        if node.op_type not in COMPUTE_OPS:
-            continue
-        inputs = [qdq.compute_signal_to_quantization_noice_ratio(floats[_base(i)], quantized[i])
-                  for i in node.input if _base(i) in floats and i in quantized]
-        out, base = node.output[0], _base(node.output[0])
-        if not inputs or base not in floats or out not in quantized:
-            continue
-        loss = min(max(inputs), 200.0) - qdq.compute_signal_to_quantization_noice_ratio(floats[base], quantized[out])
-        scores.append((loss, node.name, _feeding(node.name, graph, producer)))
-    scores.sort(key=lambda s: -s[0])
-    log.info("onnxruntime int8 sensitivity (dB lost): %s",
-             ", ".join(f"{name} {loss:.1f}" for loss, name, _ in scores[:5]))
-    return [(name, group) for _, name, group in scores]
-
-
-def _feeding(name: str, graph, producer: dict[str, Any]) -> set[str]:
-    """`name` and the nodes on its activation inputs back to (and including) the previous compute nodes."""
-    nodes = {n.name: n for n in graph.node}
-    group, todo = {name}, list(nodes[name].input)
-    while todo:
-        node = producer.get(todo.pop())
-        if node is None or node.name in group:
-            continue
-        group.add(node.name)
-        if node.op_type not in COMPUTE_OPS:
-            todo.extend(node.input)
-    return group
-
-
-def _base(name: str) -> str:
-    return name.removesuffix(_DQ_SUFFIX).removesuffix(_Q_INPUT_SUFFIX)
-
-
-class _Reader:
-    """Feeds images one by one (fits static and dynamic batch axes) as a calibration data reader."""
-
-    def __init__(self, images: np.ndarray, input_name: str) -> None:
-        self._items = iter([{input_name: images[i : i + 1]} for i in range(len(images))])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._items, None)
-
-    def __iter__(self):
-        return iter(self.get_next, None)
-
-
-# ---------------------------------------------------------------------------------------- OpenVINO / NNCF
-
-
-def quantize_openvino_bounded(job: "ExportJob", model, runner: Callable[[Any], Runner]) -> tuple[Any, dict[str, Any]]:
-    """The NNCF INT8 of an OpenVINO model within the job's --max-drop, and how it was made.
-
-    `runner` turns an in-memory model into a validation runner (compiled like the exporter's).
-    """
-    import nncf
-    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters, AdvancedQuantizationParameters
-    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-
-    images = job.calibration()
-    calibration = nncf.Dataset([images[i : i + 1] for i in range(len(images))])
-    if job.max_drop is None:
-        return nncf.quantize(model, calibration, subset_size=len(images)), \
-            {"calibrator": "mean-minmax", "kept_layers": [], "max_drop": None}
-    options = {
-        "mean-minmax": None,  # NNCF's default for per-tensor activations
-        "mean-quantile": AdvancedQuantizationParameters(
-            activations_range_estimator_params=RangeEstimatorParametersSet.MEAN_QUANTILE),
-    }
-    search = Search(job, "openvino")
-    quantized = {}
-    for name, params in options.items():
-        quantized[name] = nncf.quantize(model, calibration, subset_size=len(images), advanced_parameters=params)
-        if search.measure(runner(quantized[name]), name, []):
-            return quantized[name], search.record(name, [])
-    name = search.best()["calibrator"]
-    layers = len(_quantized_layers(quantized[name]))
-    inputs, labels = _normalised(job), job.reference.labels
-    validation = nncf.Dataset([(inputs[i : i + 1], labels[i]) for i in range(len(inputs))])
-
-    def accuracy(compiled, items) -> float:
-        hits = [int(np.argmax(compiled(image)[0]) == label) for image, label in items]
-        return float(np.mean(hits)) if hits else 0.0
-
-    restored = nncf.quantize_with_accuracy_control(
-        model, calibration, validation, accuracy, max_drop=job.max_drop / 100, subset_size=len(images),
-        advanced_quantization_parameters=options[name],
-        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(max_num_iterations=max_kept(layers)),
-    )
-    kept = sorted(_quantized_layers(quantized[name]) - _quantized_layers(restored))
-    if search.measure(runner(restored), name, kept):
-        return restored, search.record(name, kept)
+    search = Search(job, backend)
+    for attempt in tries:
+        candidate = _calibrate(search, attempt, runner)
+        if candidate is not None:
+            return candidate, search.record(attempt.calibrator, [])
+    for attempt in keep_float(search.best()["calibrator"]):
+        candidate, kept = attempt.build(), list(attempt.kept)
+        if search.measure(runner(candidate), attempt.calibrator, kept):
+            return candidate, search.record(attempt.calibrator, kept)
     search.refuse()
 
 
-def _quantized_layers(model) -> set[str]:
-    """Compute ops of an OpenVINO model that read a FakeQuantize output (weights or activations)."""
-    return {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() in OV_COMPUTE_OPS
-            and any(port.get_source_output().get_node().get_type_name() == "FakeQuantize"
-                    for port in op.inputs())}
-
-
-def _normalised(job: "ExportJob") -> np.ndarray:
-    from edgeft.export.quantize import normalise
-
-    return normalise(job.reference.images, job.card)
+def _calibrate(search: Search, attempt: Try[Candidate], runner: Callable[[Candidate], Runner]) -> Candidate | None:
+    """The candidate of one calibration try when it holds the bound; None when it does not (or was skipped)."""
+    try:
+        candidate = attempt.build()
+        return candidate if search.measure(runner(candidate), attempt.calibrator, []) else None
+    except Exception as exc:  # noqa: BLE001 - a calibrator that fails on this graph is skipped
+        if not attempt.skippable:
+            raise
+        log.warning("%s %s calibration failed on this model (%s); skipped", search.backend, attempt.calibrator, exc)
+        search.failed(attempt.calibrator, exc)
+        return None

@@ -3,7 +3,7 @@
 The graph takes normalised NCHW float32 images (input `input`, output `logits`), exactly
 what the timm student takes; the card in the metadata (`edgeft.card`) tells a runtime the
 input size, mean/std and class names. FP16 is onnxruntime's float16 converter with float32
-inputs/outputs kept; INT8 is ONNX Runtime static Q/DQ (quantize.py, int8_guard.py) in the scheme this
+inputs/outputs kept; INT8 is ONNX Runtime static Q/DQ (quantize.py, onnx_int8.py) in the scheme this
 CPU runs fast, and a symmetric signed one for TensorRT (`consumer="tensorrt"`). Every other format
 starts from these files, so they are built once per export run and shared. The opset is
 the job's (picked for its formats by preflight.pick_opset, at most the exporter's OPSET).
@@ -23,7 +23,7 @@ from edgeft.artifacts import StudentCard, atomic_write
 from edgeft.errors import EdgeftError, RefusedError
 from edgeft.export.base import (EXPORTERS, INPUT_NAME, OUTPUT_NAME, BatchShape, Exporter, ExportJob, ExportRecord,
                                 library_version)
-from edgeft.export.int8_guard import quantize_onnx_bounded
+from edgeft.export.onnx_int8 import quantize_onnx_bounded
 from edgeft.export.quantize import TENSORRT_SCHEME, cpu_scheme
 from edgeft.export.validate import Runner, fit_batch
 from edgeft.runtime.layers import MODULES_KEY, module_map
@@ -144,7 +144,8 @@ def _build_variant(job: ExportJob, precision: str, path: Path, consumer: str) ->
     else:
         source = onnx_variant(job, "fp32")
         scheme = TENSORRT_SCHEME if consumer == "tensorrt" else cpu_scheme()
-        job.quantization[consumer] = quantize_onnx_bounded(job, source, path, input_name(source), scheme)
+        job.quantization[consumer] = quantize_onnx_bounded(job, source, path, input_name(source), scheme,
+                                                           ort_runner)
         _restamp(path, job.card)
 
 

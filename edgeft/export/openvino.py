@@ -1,9 +1,13 @@
 """OpenVINO IR (.xml + .bin) from the fp32 ONNX: fp32, fp16 weight compression, NNCF INT8.
 
 INT8 is NNCF post-training quantization (symmetric, the OpenVINO default preset) on the
-run's calibration images, bounded by --max-drop where given (int8_guard.py). Validation compiles the IR on the CPU plugin with an explicit
-inference precision (f32; f16 for the fp16 IR where the CPU computes in f16), so that the
-figures do not depend on the host's bf16 default.
+run's calibration images: NNCF's default calibration (mean of per-image min/max) without a bound.
+With --max-drop, the format-neutral search (int8_guard.bounded_int8) measures NNCF's default and
+mean-quantile activation ranges, then NNCF's own quantize_with_accuracy_control on the better one,
+which ranks the layers by sensitivity and reverts the worst to float (at most int8_guard.max_kept).
+Validation compiles the IR on the CPU plugin with an explicit inference precision (f32; f16 for
+the fp16 IR where the CPU computes in f16), so that the figures do not depend on the host's bf16
+default.
 """
 from __future__ import annotations
 
@@ -12,16 +16,23 @@ import logging
 import os
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
+
+import numpy as np
 
 from edgeft.errors import EdgeftError, RefusedError
 from edgeft.export.base import EXPORTERS, Exporter, ExportJob, ExportRecord, library_version, require
+from edgeft.export.int8_guard import Try, bounded_int8, max_kept, unbounded
 from edgeft.export.onnx import export_failure, onnx_variant
-from edgeft.export.int8_guard import quantize_openvino_bounded
+from edgeft.export.quantize import normalise
 from edgeft.export.validate import Runner, fit_batch
 
 log = logging.getLogger(__name__)
+
+OV_COMPUTE_OPS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul"}
 
 
 @EXPORTERS.register("openvino", aliases=("ov",))
@@ -76,7 +87,7 @@ def ov_runner(model, hint: str = "f32") -> Runner:
 
 
 def _quantize(model, job: ExportJob):
-    """NNCF post-training INT8 on the calibration images (within --max-drop: int8_guard.py)."""
+    """NNCF post-training INT8 on the calibration images (within --max-drop where given)."""
     nncf = require("nncf", "nncf")
     nncf.set_log_level(logging.ERROR)
     with _quiet("torch.utils.cpp_extension"):
@@ -86,6 +97,81 @@ def _quantize(model, job: ExportJob):
             raise
         except Exception as exc:  # noqa: BLE001 - NNCF fails in many untyped ways; int8 alone is refused
             raise RefusedError(f"openvino int8: NNCF quantization failed ({export_failure(exc)})") from exc
+
+
+def quantize_openvino_bounded(job: ExportJob, model, runner: Callable[[Any], Runner] = ov_runner
+                              ) -> tuple[Any, dict[str, Any]]:
+    """The NNCF INT8 of an OpenVINO model within the job's --max-drop, and how it was made.
+
+    `runner` turns an in-memory model into a validation runner (compiled like the exporter's).
+    """
+    import nncf
+
+    images = job.calibration()
+    calibration = nncf.Dataset([images[i : i + 1] for i in range(len(images))])
+    if job.max_drop is None:
+        return nncf.quantize(model, calibration, subset_size=len(images)), unbounded("mean-minmax")
+    candidates = _NncfCandidates(job, model, calibration, len(images))
+    tries = [Try(name, partial(candidates.build, name)) for name in candidates.options]
+    return bounded_int8(job, "openvino", tries, runner, candidates.keep_float)
+
+
+@dataclass
+class _NncfCandidates:
+    """The NNCF INT8 models of one bounded search, each calibration's kept for the fallback."""
+
+    job: ExportJob
+    model: Any
+    calibration: Any  # nncf.Dataset of single calibration images
+    subset: int
+    options: dict[str, Any] = field(init=False)  # calibrator → NNCF advanced parameters, in the order tried
+    built: dict[str, Any] = field(init=False, default_factory=dict)  # calibrator → its quantized model
+
+    def __post_init__(self) -> None:
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+        self.options = {
+            "mean-minmax": None,  # NNCF's default for per-tensor activations
+            "mean-quantile": AdvancedQuantizationParameters(
+                activations_range_estimator_params=RangeEstimatorParametersSet.MEAN_QUANTILE),
+        }
+
+    def build(self, name: str):
+        import nncf
+
+        self.built[name] = nncf.quantize(self.model, self.calibration, subset_size=self.subset,
+                                         advanced_parameters=self.options[name])
+        return self.built[name]
+
+    def keep_float(self, name: str) -> Iterator[Try]:
+        """NNCF's quantize_with_accuracy_control on `name`'s calibration: the layers it reverted stay in float."""
+        import nncf
+        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+        inputs, labels = normalise(self.job.reference.images, self.job.card), self.job.reference.labels
+        validation = nncf.Dataset([(inputs[i : i + 1], labels[i]) for i in range(len(inputs))])
+        restored = nncf.quantize_with_accuracy_control(
+            self.model, self.calibration, validation, _accuracy, max_drop=self.job.max_drop / 100,
+            subset_size=self.subset, advanced_quantization_parameters=self.options[name],
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                max_num_iterations=max_kept(len(_quantized_layers(self.built[name])))),
+        )
+        kept = sorted(_quantized_layers(self.built[name]) - _quantized_layers(restored))
+        yield Try(name, lambda: restored, kept)
+
+
+def _accuracy(compiled, items) -> float:
+    """NNCF's validation function: top-1 accuracy of a compiled model on (image, label) items."""
+    hits = [int(np.argmax(compiled(image)[0]) == label) for image, label in items]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def _quantized_layers(model) -> set[str]:
+    """Compute ops of an OpenVINO model that read a FakeQuantize output (weights or activations)."""
+    return {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() in OV_COMPUTE_OPS
+            and any(port.get_source_output().get_node().get_type_name() == "FakeQuantize"
+                    for port in op.inputs())}
 
 
 @contextmanager

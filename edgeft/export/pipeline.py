@@ -7,11 +7,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-from edgeft.artifacts import ExportManifest, RunDir
+import numpy as np
+
+from edgeft.artifacts import ExportManifest, RunDir, StudentCard
 from edgeft.errors import ConfigError, EdgeftError, StrictError
-from edgeft.export.base import EXPORTERS, PRECISIONS, BatchShape, ExportJob, ExportRecord, load_student
+from edgeft.export.base import (EXPORTERS, PRECISIONS, BatchShape, Exporter, ExportJob, ExportRecord,
+                                load_student)
 from edgeft.export.int8_guard import check_max_drop
 from edgeft.export.onnx import export_failure, load_onnx, onnx_opset
 from edgeft.export.preflight import pick_opset
@@ -98,22 +101,18 @@ def export_run(
 ) -> ExportResult:
     """Exports and validates the run's student in every format × precision, each on its own.
 
-    Engines go to `<run>/engines/<format>/`, the records to `<run>/export.json` (merged with
+    Engines go to `<run>/engines/<format>/`, the records to the run's export manifest (merged with
     earlier exports of other formats/precisions). `calib` training images calibrate INT8,
     up to `images` held-out images validate; `onnx` starts from a given fp32 ONNX file instead
     of exporting the student again. `batch` is static 1 unless given a profile (BatchShape.parse);
     `opset` defaults to the highest the formats' runtimes read (preflight.pick_opset). An engine
     that fails validation, or whose conversion or quantiser fails, is deleted and recorded as
-    refused (export.json `refused`, with the reason) and the others go on; `ExportResult.check`
+    refused (the manifest's `refused`, with the reason) and the others go on; `ExportResult.check`
     says whether that is acceptable. `max_drop` bounds INT8's accuracy loss in points
-    (int8_guard.py: other calibrators, then layers kept in float, else INT8 is refused).
+    (int8_guard.bounded_int8: other calibrators, then layers kept in float, else INT8 is refused).
     """
     formats, precisions = check_request(formats, precisions)
-    if "int8" in precisions and calib < 1:
-        raise ConfigError(f"--calib {calib}: int8 needs calibration images; pass --calib N with N >= 1 (e.g. 256)")
-    if images < 1:
-        raise ConfigError(f"--images {images}: validation needs at least one held-out image")
-    check_max_drop(max_drop)
+    _check_counts(precisions, calib, images, max_drop)
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise EdgeftError(f"{run.root}: no such run directory")
@@ -121,31 +120,57 @@ def export_run(
     source = Path(onnx) if onnx else None
     if source is not None:
         opset = onnx_opset(load_onnx(source, card))
-    calibration = cache(lambda: calibration_images(run, card, calib))
-    if "int8" in precisions:
-        calibration()  # a run without usable training images fails before any engine is built
+    calibration = _calibration(run, card, calib, precisions)
     reference = build_reference(run, card, model, images)
     result = ExportResult([(f, p) for f in formats for p in precisions])
     with tempfile.TemporaryDirectory(prefix="edgeft-export-") as workdir:
         job = ExportJob(run, card, model, reference, Path(workdir), calibration, source, batch=batch,
                         opset=opset or pick_opset(formats), max_drop=max_drop)
-        try:
-            for name in formats:
-                exporter = EXPORTERS.get(name)()
-                for precision in precisions:
-                    try:
-                        result.records.append(exporter.export(job, precision))
-                    except EdgeftError as exc:  # this engine alone is refused; the others go on
-                        log.info("%s %s refused: %s", name, precision, exc)
-                        result.refused.append(Refusal(name, precision, str(exc)))
-                    except Exception as exc:  # noqa: BLE001 - a converter's own error (e.g. OpenVINO's
-                        # OpConversionFailure) refuses this engine too, with its one-line summary
-                        log.info("%s %s refused: %s", name, precision, exc, exc_info=True)
-                        why = f"{name} {precision}: the conversion failed ({type(exc).__name__}: {export_failure(exc)})"
-                        result.refused.append(Refusal(name, precision, why))
-        finally:
-            write_records(run, result.records, result.refused)
+        _export_all(job, formats, precisions, result)
     return result
+
+
+def _check_counts(precisions: Sequence[str], calib: int, images: int, max_drop: float | None) -> None:
+    """The image counts and --max-drop fail before any work starts."""
+    if "int8" in precisions and calib < 1:
+        raise ConfigError(f"--calib {calib}: int8 needs calibration images; pass --calib N with N >= 1 (e.g. 256)")
+    if images < 1:
+        raise ConfigError(f"--images {images}: validation needs at least one held-out image")
+    check_max_drop(max_drop)
+
+
+def _calibration(run: RunDir, card: StudentCard, calib: int, precisions: Sequence[str]) -> Callable[[], np.ndarray]:
+    """The calibration images, read on first use; read now for int8, so that a run without usable
+    training images fails before any engine is built."""
+    calibration = cache(lambda: calibration_images(run, card, calib))
+    if "int8" in precisions:
+        calibration()
+    return calibration
+
+
+def _export_all(job: ExportJob, formats: Sequence[str], precisions: Sequence[str], result: ExportResult) -> None:
+    """Every format × precision into `result`; the export manifest is written even when one raises."""
+    try:
+        for name in formats:
+            exporter = EXPORTERS.get(name)()
+            for precision in precisions:
+                _export_one(exporter, name, job, precision, result)
+    finally:
+        write_records(job.run, result.records, result.refused)
+
+
+def _export_one(exporter: Exporter, name: str, job: ExportJob, precision: str, result: ExportResult) -> None:
+    """Exports one engine into `result`: its record, or its refusal (the other engines go on)."""
+    try:
+        result.records.append(exporter.export(job, precision))
+    except EdgeftError as exc:  # this engine alone is refused; the others go on
+        log.info("%s %s refused: %s", name, precision, exc)
+        result.refused.append(Refusal(name, precision, str(exc)))
+    except Exception as exc:  # noqa: BLE001 - a converter's own error (e.g. OpenVINO's
+        # OpConversionFailure) refuses this engine too, with its one-line summary
+        log.info("%s %s refused: %s", name, precision, exc, exc_info=True)
+        why = f"{name} {precision}: the conversion failed ({type(exc).__name__}: {export_failure(exc)})"
+        result.refused.append(Refusal(name, precision, why))
 
 
 def write_records(run: RunDir, records: list[ExportRecord], refused: Sequence[Refusal] = ()) -> Path:

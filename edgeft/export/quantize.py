@@ -21,7 +21,7 @@ scheme the CPU runs fast (`cpu_scheme`, from the flags in /proc/cpuinfo):
   VPMADDUBSW saturates its int16 sums on full-range weights.
 - **elsewhere** (ARM: dot-product kernels for both signs): symmetric signed S8S8.
 
-The scheme is the exporting host's and is recorded with the engine (export.json,
+The scheme is the exporting host's and is recorded with the engine (its export record,
 `quantization.scheme`): a full-range U8S8 engine run on an x86 CPU without VNNI risks that
 saturation, so export INT8 on the kind of CPU that runs it.
 
@@ -188,34 +188,17 @@ def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, input_name: str
     `exclude` names nodes of the prepared graph kept in float; `prepare=False` takes `src` as
     already pre-processed.
     """
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    import onnx
-
-    # A static batch axis takes exactly its size (whole chunks only); a dynamic one takes 16.
-    dim = onnx.load_model(str(src), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
-    step = dim.dim_value or (16 if method == "minmax" else 1)  # histogram calibrators need equal batches
-    usable = len(calibration) if not dim.dim_value else len(calibration) // step * step
-    if usable == 0:
-        raise DataError(f"int8 calibration needs at least {step} images for a static batch of {step}; pass more --calib")
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = iter(np.split(calibration[:usable], range(step, usable, step)))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self._batches, None)
-            return None if batch is None else {input_name: batch}
-
+    reader = _batch_reader(_calibration_batches(src, calibration, method), input_name)
     prepared = dst.with_name(dst.stem + ".pre.onnx")
     activations = QuantType.QUInt8 if scheme.activations == "uint8" else QuantType.QInt8
     try:
         if prepare:
             quant_pre_process(str(src), str(prepared))
         quantize_static(
-            str(prepared if prepare else src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            str(prepared if prepare else src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
             reduce_range=scheme.reduce_range, activation_type=activations, weight_type=QuantType.QInt8,
             nodes_to_exclude=list(exclude),
             calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -224,6 +207,37 @@ def quantize_onnx(src: Path, dst: Path, calibration: np.ndarray, input_name: str
         )
     finally:
         prepared.unlink(missing_ok=True)
+
+
+def _calibration_batches(src: Path, calibration: np.ndarray, method: str) -> list[np.ndarray]:
+    """The calibration images in the batches the graph `src` takes for calibrator `method`.
+
+    A static batch axis takes exactly its size (whole chunks only); a dynamic one takes 16, or
+    1 for the histogram calibrators, which need equal batches.
+    """
+    import onnx
+
+    dim = onnx.load_model(str(src), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    step = dim.dim_value or (16 if method == "minmax" else 1)
+    usable = len(calibration) if not dim.dim_value else len(calibration) // step * step
+    if usable == 0:
+        raise DataError(f"int8 calibration needs at least {step} images for a static batch of {step}; pass more --calib")
+    return np.split(calibration[:usable], range(step, usable, step))
+
+
+def _batch_reader(batches: list[np.ndarray], input_name: str):
+    """An onnxruntime CalibrationDataReader that feeds `batches` once."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {input_name: batch}
+
+    return Reader()
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:

@@ -59,7 +59,7 @@ def backend_for(path: str | Path) -> str:
 def load(path: str | Path, backend: str | None = None, options: EngineOptions | None = None) -> Engine:
     """An (unopened) engine for `path`: `with load(p) as engine: engine.infer(x)`.
 
-    An engine from a run's export.json whose fingerprint does not fit this machine is refused
+    An engine recorded in a run's export manifest whose fingerprint does not fit this machine is refused
     with the command that rebuilds it (edgeft.runtime.fingerprint).
     """
     path = Path(path)

@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from edgeft.artifacts import EXPORT_MANIFEST
 from edgeft.errors import ConfigError, EdgeftError
 from edgeft.runtime import BACKENDS, backend_for
 from edgeft.runtime.fingerprint import FingerprintMismatch, find_record, machine_fingerprint, mismatches
@@ -179,7 +180,7 @@ def _profile(engine: Path, params: dict[str, str]) -> dict:
 
 
 def _check_fingerprint(engine: Path, backend: str | None, recorded: str) -> None:
-    """Refuses an engine whose export.json fingerprint (sent by the client) does not fit this device."""
+    """Refuses an engine whose export-manifest fingerprint (sent by the client) does not fit this device."""
     try:
         found = json.loads(recorded) if recorded else {}
     except json.JSONDecodeError:
@@ -189,7 +190,7 @@ def _check_fingerprint(engine: Path, backend: str | None, recorded: str) -> None
     reasons = mismatches(found, machine_fingerprint(found["backend"]))
     if reasons:
         raise FingerprintMismatch(f"{engine.name}: built for another machine or runtime ({'; '.join(reasons)}); "
-                                  "rebuild it on this device (export.json's recipe, or `edgeft export` here)")
+                                  f"rebuild it on this device ({EXPORT_MANIFEST}'s recipe, or `edgeft export` here)")
 
 
 def unpack(body: bytes, folder: Path, limit: int, engine_name: str | None = None) -> Path:

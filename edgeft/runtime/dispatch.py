@@ -2,7 +2,7 @@
 
 `host` is measured on this machine; `--remote URL` ships engines to an agent on the device
 (measured there); any other target is estimated from the ONNX graph (labelled so). For a
-run directory every engine in export.json is handled and the records are written to
+run directory every engine in its export manifest is handled and the records are written to
 `profiles/<target>.json`, which the report reads.
 """
 from __future__ import annotations
@@ -34,11 +34,11 @@ class EngineRef:
     format: str
     precision: str
     accuracy: float | None = None
-    batch: int | dict | None = None  # export.json's: a static batch or the profile {min, opt, max}
+    batch: int | dict | None = None  # the export record's: a static batch or the profile {min, opt, max}
 
 
 def run_engines(run_dir: Path) -> list[EngineRef]:
-    """The student (torch) and every exported engine file recorded in export.json."""
+    """The student (torch) and every exported engine file in the run's export manifest."""
     refs = []
     run = RunDir(run_dir)
     if run.student_card.is_file():

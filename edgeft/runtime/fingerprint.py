@@ -1,6 +1,6 @@
 """Engine fingerprints: what built and validated an engine, checked before the engine is loaded.
 
-Every record in a run's export.json carries the fingerprint of the machine and runtime that
+Every record in a run's export manifest carries the fingerprint of the machine and runtime that
 validated its engine; `check_engine` compares it with this machine before an engine is
 opened and refuses a mismatch with the command that rebuilds it (ECOSYSTEM.md pain point 1).
 
@@ -99,7 +99,7 @@ def mismatches(recorded: dict[str, Any], here: dict[str, Any]) -> list[str]:
 
 
 def find_record(path: Path) -> tuple[Path, dict[str, Any]] | None:
-    """(run directory, export.json row) of an engine file written by `edgeft export`, if any."""
+    """(run directory, export manifest row) of an engine file written by `edgeft export`, if any."""
     path = Path(path).resolve()
     for root in list(path.parents)[:MANIFEST_DEPTH]:
         if RunDir(root).export_manifest.is_file():
@@ -125,7 +125,7 @@ def rebuild_hint(run: Path, row: dict[str, Any]) -> str:
 
 
 def stale_reasons(row: dict[str, Any]) -> list[str]:
-    """Why the engine of an export.json row cannot be loaded on this machine (empty: it can)."""
+    """Why the engine of an export manifest row cannot be loaded on this machine (empty: it can)."""
     recorded = row.get("fingerprint") or {}
     if not recorded.get("backend"):
         return []  # exported before fingerprints were recorded
@@ -142,7 +142,7 @@ def check_row(run: Path, row: dict[str, Any]) -> None:
 
 
 def check_engine(path: Path, backend: str) -> None:
-    """Checks an engine file against its export.json fingerprint when `backend` is what validated it."""
+    """Checks an engine file against its fingerprint in the export manifest when `backend` is what validated it."""
     found = find_record(path) if Path(path).is_file() else None
     if found is not None and (found[1].get("fingerprint") or {}).get("backend") == backend:
         check_row(*found)

@@ -181,36 +181,61 @@ def profile_engine(path: str | Path, backend: str | None = None, cfg: ProfileCon
         began = time.perf_counter()
         engine = load(path, backend, EngineOptions(threads=cfg.threads, device=device, precision=precision))
         with engine:
-            loaded = time.perf_counter()
-            spec = engine.input_spec
-            x = spec.example(cfg.batch)
-            engine.infer(x)
-            first = time.perf_counter()
-            samples = time_loop(engine, x, cfg.warmup, cfg.iterations, cfg.seconds)
-            sweep = batch_sweep(engine, cfg) if cfg.sweep else []
-            layers = engine.layer_times(x, cfg.layer_runs) if cfg.layers else None
-            info, precision = engine.info(), engine.precision() or precision
-    latency = stats(samples)
+            measured = _measure(engine, cfg, began, precision)
+    return _record(path, engine, cfg, measured, memory)
+
+
+@dataclass
+class _Measured:
+    """What `_measure` timed on a loaded engine."""
+
+    load_ms: float
+    first_inference_ms: float
+    samples: list[float]
+    sweep: list[dict]
+    layers: Any
+    runtime: dict[str, Any]
+    precision: str | None
+
+
+def _measure(engine: Engine, cfg: ProfileConfig, began: float, precision: str | None) -> _Measured:
+    """Load time (since `began`), first run, timed runs, batch sweep and layer times of a loaded engine."""
+    loaded = time.perf_counter()
+    x = engine.input_spec.example(cfg.batch)
+    engine.infer(x)
+    first = time.perf_counter()
+    samples = time_loop(engine, x, cfg.warmup, cfg.iterations, cfg.seconds)
+    sweep = batch_sweep(engine, cfg) if cfg.sweep else []
+    layers = engine.layer_times(x, cfg.layer_runs) if cfg.layers else None
+    return _Measured(round((loaded - began) * 1e3, 3), round((first - loaded) * 1e3, 3), samples, sweep, layers,
+                     engine.info(), engine.precision() or precision)
+
+
+def _record(path: str | Path, engine: Engine, cfg: ProfileConfig, measured: _Measured,
+            memory: MemoryMeter) -> dict[str, Any]:
+    """The profile record of one engine (label 'measured'), every raw sample included."""
+    spec, latency = engine.input_spec, stats(measured.samples)
+    throughput = throughput_json(cfg.batch, latency["p50"], measured.sweep)  # edgeft.figures: the one definition
     return {
         "label": "measured",
         "engine": str(path),
         "backend": engine.name,
-        "precision": precision,
+        "precision": measured.precision,
         "input": {**spec.to_json(), "batch": cfg.batch},
         "config": asdict(cfg),
         "covers": COVERS,
-        "load_ms": round((loaded - began) * 1e3, 3),
-        "first_inference_ms": round((first - loaded) * 1e3, 3),
+        "load_ms": measured.load_ms,
+        "first_inference_ms": measured.first_inference_ms,
         "preprocess_ms": preprocess_time(spec, cfg.batch) if len(spec.shape) == 4 else None,
         "latency_ms": latency,
-        "iterations": len(samples),
-        "throughput": throughput_json(cfg.batch, latency["p50"], sweep),  # edgeft.figures: the one definition
+        "iterations": len(measured.samples),
+        "throughput": throughput,
         "memory": memory.to_json(),
-        "layers": layers,
-        "layer_profiler": engine.layer_profiler if layers is not None else None,
-        "runtime": info,
+        "layers": measured.layers,
+        "layer_profiler": engine.layer_profiler if measured.layers is not None else None,
+        "runtime": measured.runtime,
         "host": host_info(),
-        "samples_ms": [round(s, 4) for s in samples],
+        "samples_ms": [round(s, 4) for s in measured.samples],
     }
 
 

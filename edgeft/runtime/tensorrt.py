@@ -80,7 +80,7 @@ def build_engine(onnx_path: Path, profile: tuple[int, int, int] | None = None, t
 
 
 def recorded_profile(onnx_path: Path) -> tuple[int, int, int] | None:
-    """The --batch-profile that `edgeft export` recorded for this ONNX in its run's export.json."""
+    """The --batch-profile that `edgeft export` recorded for this ONNX in its run's export manifest."""
     found = find_record(onnx_path)
     batch = found[1].get("batch") if found else None
     return (batch["min"], batch["opt"], batch["max"]) if isinstance(batch, dict) else None

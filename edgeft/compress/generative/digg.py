@@ -34,7 +34,8 @@ from edgeft.compress import data as data_mod
 from edgeft.compress.data import ImageDataset, ImageStore, Sample
 from edgeft.compress.generative.pack import Pack, load_pack
 from edgeft.compress.generative.transformer import complete
-from edgeft.compress.train import NullProgress, Progress, resolve_device
+from edgeft.compress.resumable import NullProgress, Progress
+from edgeft.compress.train import resolve_device
 from edgeft.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -1,17 +1,16 @@
 """`edgeft prime`: train the VQGAN on upstream images once and write a portable pack (OTA §3.1 stage 1).
 
-The GAN alternates two optimisers (generator, then discriminator) on every step, so it does not
-fit `Trainer.run_stage` (one optimiser, one loss, per-epoch checkpoints): this is the smallest
-separate loop with the same conventions — atomic checkpoints with every RNG state (every
-`checkpoint_every` steps, since an epoch of 25k images is long on a CPU), `--resume`, metrics rows
-in metrics.jsonl and the `Progress` sink. Losses follow taming: L1 + codebook loss, plus the hinge
-PatchGAN with the adaptive weight from `disc_start` on. The perceptual (LPIPS) term needs VGG
+The GAN alternates two optimisers (generator, then discriminator) on every step, so its step is its
+own, but the loop around it is `Trainer.run_stage`'s (`edgeft.compress.resumable.Loop`): atomic
+checkpoints with every RNG state (every `checkpoint_every` steps, since an epoch of 25k images is long
+on a CPU), `--resume`, metrics rows in metrics.jsonl and the `Progress` sink. Losses follow taming:
+L1 + codebook loss, plus the hinge PatchGAN with the adaptive weight from `disc_start` on. The perceptual (LPIPS) term needs VGG
 weights that cannot be loaded offline, so it is off and the pack records the deviation.
 
 With `transformer_steps` > 0 the latent transformer of DIGG (OTA §3.2) is trained next, on the codes
 that the pack's own (frozen) VQGAN gives the upstream train images and their mirror images (computed
-once into <work>/transformer/), and written into the same pack. It has its own resumable loop in
-<work>/transformer/ (checkpoints, held-out NLL rows in metrics.jsonl): minGPT's AdamW and a constant
+once into <work>/transformer/), and written into the same pack. Its resumable step loop (the same `Loop`)
+keeps <work>/transformer/ (checkpoints, held-out NLL rows in metrics.jsonl): minGPT's AdamW and a constant
 lr after a linear warm-up, as taming trains it. So `--resume --transformer-steps N` adds a transformer
 to a finished VQGAN-only pack without touching the VQGAN, and a larger N later trains it further.
 """
@@ -21,7 +20,7 @@ import dataclasses
 import logging
 import math
 import random
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,7 +33,8 @@ from edgeft.compress.generative.pack import MANIFEST, add_transformer, gan_phase
 from edgeft.compress.generative.transformer import LatentTransformer, TransformerConfig, optimizer
 from edgeft.compress.generative.vqgan import (VQGAN, PatchDiscriminator, VQGANConfig, adaptive_weight, hinge_d_loss,
                                               psnr)
-from edgeft.compress.train import NullProgress, Progress, _rng_state, _set_rng_state, resolve_device
+from edgeft.compress.resumable import Checkpoint, Loop, NullProgress, Progress, append_metrics
+from edgeft.compress.train import resolve_device
 from edgeft.config import PrimeConfig, build_config
 from edgeft.errors import ConfigError, DataError
 
@@ -59,6 +59,7 @@ def prime(cfg: PrimeConfig, explicit: dict | None = None, progress: Progress | N
     `cfg.transformer_steps` > 0; returns pack.json's content."""
     out, work = Path(cfg.out), Path(cfg.work or f"{cfg.out}-work")
     cfg = _prepare(cfg, explicit or {}, out, work)
+    progress = progress or NullProgress()
     if not ((out / MANIFEST).exists() and (work / "done.json").exists()):
         _prime_vqgan(cfg, out, work, progress)
     if cfg.transformer_steps:
@@ -66,122 +67,197 @@ def prime(cfg: PrimeConfig, explicit: dict | None = None, progress: Progress | N
     return artifacts.read_json(out / MANIFEST)
 
 
-def _prime_vqgan(cfg: PrimeConfig, out: Path, work: Path, progress: Progress | None) -> dict:
+def _prime_vqgan(cfg: PrimeConfig, out: Path, work: Path, progress: Progress) -> dict:
     """The VQGAN's GAN loop (resumable) and the VQGAN-only pack."""
     device = resolve_device(cfg.device)
     train, heldout, classes = _load_data(cfg, work)
-    steps_per_epoch = max(1, len(train) // cfg.batch_size)
-    total = cfg.steps or (cfg.epochs or DEFAULT_EPOCHS) * steps_per_epoch
-    disc_start = total // 2 if cfg.disc_start is None else cfg.disc_start
-    torch.manual_seed(cfg.seed)
-    vqgan = VQGAN(VQGANConfig(channels=cfg.channels, codebook_size=cfg.codebook_size)).to(device)
-    disc = PatchDiscriminator().to(device)
-    opt_g = torch.optim.Adam(vqgan.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
-    state_file = work / "state.pt"
-    step, seconds = 0, 0.0
-    if state_file.exists():
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
-        for module, key in ((vqgan, "vqgan"), (disc, "disc"), (opt_g, "opt_g"), (opt_d, "opt_d")):
-            module.load_state_dict(state[key])
-        _set_rng_state(state["rng"])
-        step, seconds = int(state["step"]), float(state["seconds"])
-        log.info("prime resumes at step %d of %d", step, total)
-    progress = progress or NullProgress()
-    progress.start("prime", total)
-    progress.advance(step)
-    began = time.time() - seconds
-    while step < total:
-        images = _batch(train, cfg.batch_size, cfg.seed, step).to(device) * 2 - 1
-        figures = _train_step(vqgan, disc, opt_g, opt_d, images, step >= disc_start)
-        step += 1
-        progress.advance(1, **figures)
-        if step % cfg.eval_every == 0 or step == total:
-            row = {"step": step, **figures, **_evaluate(vqgan, heldout, device), "seconds": round(time.time() - began, 1)}
-            _metrics_row(work / "metrics.jsonl", row)
-            log.info("prime step %d: held-out PSNR %.2f dB", step, row["psnr_db"])
-        if step % cfg.checkpoint_every == 0 or step == total:
-            modules = {"vqgan": vqgan, "disc": disc, "opt_g": opt_g, "opt_d": opt_d}
-            state = {"step": step, "seconds": time.time() - began, "rng": _rng_state(),
-                     **{k: m.state_dict() for k, m in modules.items()}}
-            artifacts.atomic_write(state_file, lambda tmp: torch.save(state, tmp))
-    progress.finish()
-    held = {"images": len(heldout), **_evaluate(vqgan, heldout, device),
-            "source": "the data's val/test split: never trained on, not stored in the pack"}
-    grid = _save_grid(vqgan, heldout, device, work / "heldout-grid.png")
-    training = {"steps": total, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, "disc_start": disc_start,
-                "disc_weight": DISC_WEIGHT, "codebook_weight": 1.0, "perceptual_weight": 0.0,
-                "seconds": round(time.time() - began, 1), "device": str(device)}
-    meta = write_pack(out, vqgan, {
-        "image_size": cfg.image_size,
-        "trained_on": {"data": Path(cfg.data).name, "classes": classes, "images": len(train)},
-        "training": training, "heldout": held, "deviations": DEVIATIONS + _gan_deviation(disc_start, total),
-        "made_by": "edgeft prime",
-    }, half=cfg.half)
-    artifacts.write_json(work / "done.json", {"pack": str(out), "grid": str(grid), **held})
-    return meta
+    total = cfg.steps or (cfg.epochs or DEFAULT_EPOCHS) * max(1, len(train) // cfg.batch_size)
+    gan = _GAN.build(cfg, device)
+    loop = Loop("prime", total, Checkpoint(work / "state.pt", gan.parts(), cfg.resume, out), progress,
+                unit_name="step", save_every=cfg.checkpoint_every)
+    run = _VQGANRun(cfg, work, device, train, heldout, gan, loop)
+    loop.run(run.step)
+    return run.write_pack(out, classes)
 
 
-def _prime_transformer(cfg: PrimeConfig, out: Path, work: Path, progress: Progress | None) -> dict:
+@dataclass
+class _GAN:
+    """The VQGAN, its PatchGAN discriminator and their Adam optimisers (betas (0.5, 0.9), as taming)."""
+
+    vqgan: VQGAN
+    disc: PatchDiscriminator
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+
+    @classmethod
+    def build(cls, cfg: PrimeConfig, device: torch.device) -> "_GAN":
+        """Freshly initialised from `cfg.seed`, on `device`."""
+        torch.manual_seed(cfg.seed)
+        vqgan = VQGAN(VQGANConfig(channels=cfg.channels, codebook_size=cfg.codebook_size)).to(device)
+        disc = PatchDiscriminator().to(device)
+        opt_g = torch.optim.Adam(vqgan.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+        opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+        return cls(vqgan, disc, opt_g, opt_d)
+
+    def parts(self) -> dict[str, object]:
+        """What the checkpoint keeps."""
+        return {"vqgan": self.vqgan, "disc": self.disc, "opt_g": self.opt_g, "opt_d": self.opt_d}
+
+    def train_step(self, x: torch.Tensor, use_gan: bool) -> dict:
+        """One generator update (L1 + codebook [+ λ·hinge G loss]) and, with the GAN on, one discriminator update."""
+        self.vqgan.train()
+        rec, codebook_loss, _ = self.vqgan(x)
+        rec_loss = (x - rec).abs().mean()
+        loss = rec_loss + codebook_loss
+        figures = {"l1": rec_loss.item(), "codebook": codebook_loss.item()}
+        if use_gan:
+            g_loss = -self.disc(rec).mean()
+            weight = adaptive_weight(rec_loss, g_loss, self.vqgan.last_layer, DISC_WEIGHT)
+            loss = loss + weight * g_loss
+            figures["g_weight"] = weight.item()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        if use_gan:
+            d_loss = hinge_d_loss(self.disc(x), self.disc(rec.detach()))
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+            figures["d_loss"] = d_loss.item()
+        return figures
+
+
+@dataclass
+class _VQGANRun:
+    """The VQGAN phase: its data, GAN and step loop; held-out PSNR rows in <work>/metrics.jsonl."""
+
+    cfg: PrimeConfig
+    work: Path
+    device: torch.device
+    train: data_mod.ImageDataset
+    heldout: data_mod.ImageDataset
+    gan: _GAN
+    loop: Loop
+
+    @property
+    def disc_start(self) -> int:
+        """The step the PatchGAN starts at (--disc-start, else half-way)."""
+        return self.loop.total // 2 if self.cfg.disc_start is None else self.cfg.disc_start
+
+    def step(self, index: int) -> None:
+        """Optimiser step `index` (from 0) and, when due, its held-out evaluation row."""
+        cfg = self.cfg
+        images = _batch(self.train, cfg.batch_size, cfg.seed, index).to(self.device) * 2 - 1
+        figures = self.gan.train_step(images, index >= self.disc_start)
+        self.loop.progress.advance(1, **figures)
+        if self.loop.due(index + 1, cfg.eval_every):
+            row = {"step": index + 1, **figures, **_evaluate(self.gan.vqgan, self.heldout, self.device),
+                   "seconds": round(self.loop.seconds, 1)}
+            append_metrics(self.work / "metrics.jsonl", row, "step")
+            log.info("prime step %d: held-out PSNR %.2f dB", index + 1, row["psnr_db"])
+
+    def write_pack(self, out: Path, classes: list[str]) -> dict:
+        """The VQGAN-only pack, the held-out grid and <work>/done.json; returns pack.json's content."""
+        cfg, vqgan, total = self.cfg, self.gan.vqgan, self.loop.total
+        held = {"images": len(self.heldout), **_evaluate(vqgan, self.heldout, self.device),
+                "source": "the data's val/test split: never trained on, not stored in the pack"}
+        grid = _save_grid(vqgan, self.heldout, self.device, self.work / "heldout-grid.png")
+        training = {"steps": total, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
+                    "disc_start": self.disc_start, "disc_weight": DISC_WEIGHT, "codebook_weight": 1.0,
+                    "perceptual_weight": 0.0, "seconds": round(self.loop.seconds, 1), "device": str(self.device)}
+        meta = write_pack(out, vqgan, {
+            "image_size": cfg.image_size,
+            "trained_on": {"data": Path(cfg.data).name, "classes": classes, "images": len(self.train)},
+            "training": training, "heldout": held,
+            "deviations": DEVIATIONS + _gan_deviation(self.disc_start, total), "made_by": "edgeft prime",
+        }, half=cfg.half)
+        artifacts.write_json(self.work / "done.json", {"pack": str(out), "grid": str(grid), **held})
+        return meta
+
+
+def _prime_transformer(cfg: PrimeConfig, out: Path, work: Path, progress: Progress) -> dict:
     """Trains (or resumes, or trains further) the latent transformer on the pack's codes and adds it to the pack."""
     pack = load_pack(str(out))
-    total, folder = cfg.transformer_steps, work / "transformer"
     f = pack.vqgan.cfg.downsampling
     arch = TransformerConfig(pack.vqgan.cfg.codebook_size, (cfg.image_size // f) ** 2, cfg.transformer_layers,
                              cfg.transformer_heads, cfg.transformer_width)
     entry = pack.meta.get("transformer")
-    if entry and entry["architecture"] == arch.to_json() and entry["training"]["steps"] == total:
+    if entry and entry["architecture"] == arch.to_json() and entry["training"]["steps"] == cfg.transformer_steps:
         return pack.meta
     device = resolve_device(cfg.device)
     train, heldout = _codes(cfg, work, pack, device)
     torch.manual_seed(cfg.seed)
     model = LatentTransformer(arch).to(device)
     opt = optimizer(model, cfg.transformer_lr)
-    state_file, step, seconds = folder / "state.pt", 0, 0.0
-    if state_file.exists():
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
-        if state["architecture"] != arch.to_json() or int(state["step"]) > total:
-            raise ConfigError(f"--transformer-*: {folder} holds a transformer of {state['architecture']} trained "
-                              f"{int(state['step'])} steps; ask for the same architecture and at least as many steps")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        _set_rng_state(state["rng"])
-        step, seconds = int(state["step"]), float(state["seconds"])
-    warmup = max(1, min(MAX_WARMUP, round(WARMUP_FRACTION * total)))
-    data = TensorDataset(train)
-    progress = progress or NullProgress()
-    progress.start("prime transformer", total)
-    progress.advance(step)
-    began = time.time() - seconds
-    while step < total:
-        for group in opt.param_groups:
-            group["lr"] = cfg.transformer_lr * min(1.0, (step + 1) / warmup)
-        model.train()
-        loss = model.loss(_batch(data, cfg.transformer_batch_size, cfg.seed, step).to(device).long())
-        opt.zero_grad(set_to_none=True)
+    checkpoint = _transformer_checkpoint(cfg, work / "transformer", {"model": model, "opt": opt}, arch, out)
+    loop = Loop("prime transformer", cfg.transformer_steps, checkpoint, progress, unit_name="step",
+                save_every=cfg.checkpoint_every)
+    run = _TransformerRun(cfg, work / "transformer", device, model, opt, TensorDataset(train), heldout, loop)
+    loop.run(run.step)
+    return add_transformer(out, model, run.info(), half=pack.meta.get("dtype") == "float16")
+
+
+def _transformer_checkpoint(cfg: PrimeConfig, folder: Path, parts: dict, arch: TransformerConfig,
+                            out: Path) -> Checkpoint:
+    """<work>/transformer/state.pt; one of another architecture or of more steps than asked is refused."""
+
+    def vet(state: dict) -> None:
+        saved, steps = state["meta"]["architecture"], int(state["position"])
+        if saved != arch.to_json() or steps > cfg.transformer_steps:
+            raise ConfigError(f"--transformer-*: {folder} holds a transformer of {saved} trained "
+                              f"{steps} steps; ask for the same architecture and at least as many steps")
+
+    return Checkpoint(folder / "state.pt", parts, cfg.resume, out, meta={"architecture": arch.to_json()},
+                      on_restore=vet)
+
+
+@dataclass
+class _TransformerRun:
+    """The transformer phase: minGPT's AdamW, a constant lr after a linear warm-up, held-out NLL rows."""
+
+    cfg: PrimeConfig
+    folder: Path
+    device: torch.device
+    model: LatentTransformer
+    opt: torch.optim.Optimizer
+    data: TensorDataset  # the train codes
+    heldout: torch.Tensor
+    loop: Loop
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps: 5% of the steps, at least 1 and at most 200."""
+        return max(1, min(MAX_WARMUP, round(WARMUP_FRACTION * self.loop.total)))
+
+    def step(self, index: int) -> None:
+        """Optimiser step `index` (from 0) and, when due, its held-out NLL row."""
+        cfg = self.cfg
+        for group in self.opt.param_groups:
+            group["lr"] = cfg.transformer_lr * min(1.0, (index + 1) / self.warmup)
+        self.model.train()
+        loss = self.model.loss(_batch(self.data, cfg.transformer_batch_size, cfg.seed, index).to(self.device).long())
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        progress.advance(1, loss=loss.item())
-        if step % cfg.eval_every == 0 or step == total:
-            row = {"step": step, "loss": round(loss.item(), 4), "heldout_nll": _nll(model, heldout, device),
-                   "seconds": round(time.time() - began, 1)}
-            _metrics_row(folder / "metrics.jsonl", row)
-        if step % cfg.checkpoint_every == 0 or step == total:
-            state = {"step": step, "seconds": time.time() - began, "rng": _rng_state(), "architecture": arch.to_json(),
-                     "model": model.state_dict(), "opt": opt.state_dict()}
-            artifacts.atomic_write(state_file, lambda tmp: torch.save(state, tmp))
-    progress.finish()
-    info = {
-        "trained_on": {"codes": len(train), "what": "the pack VQGAN's codes of the upstream train images and their mirrors"},
-        "training": {"steps": total, "batch_size": cfg.transformer_batch_size, "lr": cfg.transformer_lr,
-                     "warmup_steps": warmup, "optimizer": "AdamW betas (0.9, 0.95), wd 0.01 on Linear weights",
-                     "seed": cfg.seed, "seconds": round(time.time() - began, 1), "device": str(device)},
-        "heldout": {"images": len(heldout), "nll": _nll(model, heldout, device),
-                    "uniform_nll": round(math.log(arch.vocab_size), 4)},
-    }
-    return add_transformer(out, model, info, half=pack.meta.get("dtype") == "float16")
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.loop.progress.advance(1, loss=loss.item())
+        if self.loop.due(index + 1, cfg.eval_every):
+            row = {"step": index + 1, "loss": round(loss.item(), 4),
+                   "heldout_nll": _nll(self.model, self.heldout, self.device), "seconds": round(self.loop.seconds, 1)}
+            append_metrics(self.folder / "metrics.jsonl", row, "step")
+
+    def info(self) -> dict:
+        """The pack's `transformer` entry (besides its architecture and weights)."""
+        cfg = self.cfg
+        return {
+            "trained_on": {"codes": len(self.data),
+                           "what": "the pack VQGAN's codes of the upstream train images and their mirrors"},
+            "training": {"steps": self.loop.total, "batch_size": cfg.transformer_batch_size, "lr": cfg.transformer_lr,
+                         "warmup_steps": self.warmup, "optimizer": "AdamW betas (0.9, 0.95), wd 0.01 on Linear weights",
+                         "seed": cfg.seed, "seconds": round(self.loop.seconds, 1), "device": str(self.device)},
+            "heldout": {"images": len(self.heldout), "nll": _nll(self.model, self.heldout, self.device),
+                        "uniform_nll": round(math.log(self.model.cfg.vocab_size), 4)},
+        }
 
 
 @torch.no_grad()
@@ -264,11 +340,6 @@ def _prepare(cfg: PrimeConfig, explicit: dict, out: Path, work: Path) -> PrimeCo
     return cfg
 
 
-def _metrics_row(path: Path, row: dict) -> None:
-    """Appends a metrics row, dropping rows of later steps (left by a run killed after a checkpoint)."""
-    artifacts.write_jsonl(path, [r for r in artifacts.read_jsonl(path) if r["step"] < row["step"]] + [row])
-
-
 def _plain(value):
     return list(value) if isinstance(value, (tuple, list)) else value
 
@@ -298,30 +369,6 @@ def _batch(dataset: data_mod.ImageDataset, batch_size: int, seed: int, step: int
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
     rows = order[offset * batch_size:(offset + 1) * batch_size].tolist()
     return torch.stack([dataset[i][0] for i in rows])
-
-
-def _train_step(vqgan: VQGAN, disc: PatchDiscriminator, opt_g, opt_d, x: torch.Tensor, use_gan: bool) -> dict:
-    """One generator update (L1 + codebook [+ λ·hinge G loss]) and, with the GAN on, one discriminator update."""
-    vqgan.train()
-    rec, codebook_loss, _ = vqgan(x)
-    rec_loss = (x - rec).abs().mean()
-    loss = rec_loss + codebook_loss
-    figures = {"l1": rec_loss.item(), "codebook": codebook_loss.item()}
-    if use_gan:
-        g_loss = -disc(rec).mean()
-        weight = adaptive_weight(rec_loss, g_loss, vqgan.last_layer, DISC_WEIGHT)
-        loss = loss + weight * g_loss
-        figures["g_weight"] = weight.item()
-    opt_g.zero_grad(set_to_none=True)
-    loss.backward()
-    opt_g.step()
-    if use_gan:
-        d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        figures["d_loss"] = d_loss.item()
-    return figures
 
 
 @torch.no_grad()

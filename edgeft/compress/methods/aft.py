@@ -13,7 +13,6 @@ import copy
 import functools
 import logging
 import math
-import random
 from typing import Callable, Sequence
 
 import torch
@@ -25,7 +24,7 @@ from edgeft import artifacts
 from edgeft.compress import kernels as fused
 from edgeft.compress import losses
 from edgeft.compress.methods.base import Method, Recipe, TransferContext
-from edgeft.compress.methods.common import Indexed, check_choice, evaluate, holdout_split, probe_features
+from edgeft.compress.methods.common import Indexed, evaluate, holdout_split, probe_features
 from edgeft.compress.train import LossFn, Stage
 from edgeft.errors import ConfigError
 
@@ -35,8 +34,6 @@ log = logging.getLogger(__name__)
 AFT_RECIPE = Recipe(epochs=30, lr=1e-3, optimizer="adam", schedule="cosine", weight_decay=0.0)
 WEIGHTS_LR = 1e-2  # Adam lr of the feature-weight logits `s`
 BETA_GRID = (3.0, 10.0, 30.0)
-KERNELS = ("linear", "rbf")
-WEIGHT_MODES = ("learned", "identity")
 Distance = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -91,11 +88,11 @@ def aft_objective(
 
 class AdaptiveFeatureTransfer(Method):
     def fit(self, ctx: TransferContext) -> nn.Module:
-        cfg = ctx.config
-        beta = parse_beta(cfg.beta)
-        learned = check_choice(cfg.aft_weights, WEIGHT_MODES, "--aft-weights") == "learned"
-        distance = distance_for(check_choice(cfg.aft_kernel, KERNELS, "--aft-kernel"), fused.check_mode(cfg.kernels))
-        if ctx.student_spec.weights == "none" and not cfg.aft_augment:
+        opts = ctx.options
+        beta = parse_beta(opts.beta)
+        learned = opts.aft_weights == "learned"
+        distance = distance_for(opts.aft_kernel, fused.check_mode(ctx.config.kernels))
+        if ctx.student_spec.weights == "none" and not opts.aft_augment:
             log.warning("aft: the student starts from random weights and trains without augmentation "
                         "(--no-aft-augment), so expect it to trail kdep or stl here")
         psi, dims = self._teacher_features(ctx)
@@ -135,7 +132,7 @@ class AdaptiveFeatureTransfer(Method):
         weights = FeatureWeights(psi.shape[1], learned)
         # augmented: the student sees a random crop/flip, the kernel compares it with the teacher's cached
         # features of the whole image (a crop of a few pixels barely moves them)
-        loader = ctx.loader(Indexed(ctx.train_set(augment=ctx.config.aft_augment), rows))
+        loader = ctx.loader(Indexed(ctx.train_set(augment=ctx.options.aft_augment), rows))
         groups = [{"params": [p for p in student.parameters() if p.requires_grad]}]
         if learned:
             groups.append({"params": [weights.s], "lr": WEIGHTS_LR, "weight_decay": 0.0})
@@ -153,5 +150,5 @@ def _record(ctx: TransferContext, beta: float, grid: dict, mu: torch.Tensor, dim
          "weight_min": round(part.min().item(), 4), "weight_max": round(part.max().item(), 4)}
         for spec, dim, part in zip(ctx.teacher_specs, dims, torch.split(mu.detach().cpu(), dims))
     ]
-    return {"beta": beta, "beta_grid_holdout_accuracy": grid or None, "weights": ctx.config.aft_weights,
-            "kernel": ctx.config.aft_kernel, "teachers": per_teacher}
+    return {"beta": beta, "beta_grid_holdout_accuracy": grid or None, "weights": ctx.options.aft_weights,
+            "kernel": ctx.options.aft_kernel, "teachers": per_teacher}

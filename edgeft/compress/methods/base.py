@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,7 +12,8 @@ from torch.utils.data import DataLoader, Dataset
 from edgeft.artifacts import RunDir
 from edgeft.compress.data import EpochSampler, ImageDataset, build_transform, make_loader
 from edgeft.compress.models import ModelSpec, Normalized
-from edgeft.compress.train import Dist, Trainer, TrainSpec
+from edgeft.compress.resumable import Dist
+from edgeft.compress.train import Trainer, TrainSpec
 from edgeft.config import CompressConfig
 from edgeft.errors import ConfigError
 
@@ -35,6 +37,11 @@ class TransferContext:
     student_spec: ModelSpec
     _teachers: list[Normalized] = field(default_factory=list)
     notes: dict = field(default_factory=dict)  # method facts for summary.json (e.g. teacher accuracy)
+
+    @property
+    def options(self) -> Any:
+        """The method's own options (its Options dataclass, compress/methods/options.py)."""
+        return self.config.options
 
     @property
     def dist(self) -> Dist:

@@ -42,7 +42,7 @@ class LogitDistillation(Method):
     def fit(self, ctx: TransferContext) -> nn.Module:
         teacher = adapted_teacher(ctx)
         student = ctx.student
-        if ctx.config.kd_targets == "online":  # the teacher sees every augmented batch
+        if ctx.options.kd_targets == "online":  # the teacher sees every augmented batch
             loader = ctx.loader(ctx.train_set(augment=True))
 
             def loss(images: torch.Tensor, labels: torch.Tensor):

@@ -18,8 +18,6 @@ from edgeft.compress.methods.base import Recipe, TransferContext
 from edgeft.compress.models import ModelSpec
 from edgeft.compress.teacher_engine import frozen_outputs
 from edgeft.compress.train import Stage
-from edgeft.errors import ConfigError
-from edgeft.registry import unknown_name_message
 
 log = logging.getLogger(__name__)
 
@@ -166,13 +164,6 @@ def adapted_teacher(ctx: TransferContext) -> WithHead:
     ctx.notes["teacher_accuracy"] = acc
     ctx.notes["teacher_evaluated_as"] = "linear probe"
     return adapted
-
-
-def check_choice(value: str, choices: Sequence[str], flag: str) -> str:
-    """`value` if it is one of `choices`, else a ConfigError naming the flag (for YAML configs; click checks the CLI)."""
-    if value not in choices:
-        raise ConfigError(f"{flag}: " + unknown_name_message("value", str(value), list(choices)))
-    return value
 
 
 def holdout_split(labels: torch.Tensor, fraction: float = HOLDOUT_FRACTION,

@@ -31,12 +31,11 @@ from edgeft.compress.data import IMAGE_EXTENSIONS, ImageDataset, ImageStore, Sam
 from edgeft.compress.generative.digg import DiggSpec, Sources, generate, generated_images
 from edgeft.compress.generative.pack import load_pack
 from edgeft.compress.methods.base import Recipe, TransferContext
-from edgeft.compress.methods.common import check_choice, distill_features
+from edgeft.compress.methods.common import distill_features
 from edgeft.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-KD_DATA = ("digg", "upstream", "raw")
 DIGG_KD = Recipe(epochs=10, lr=0.05, optimizer="sgd", schedule="cosine", weight_decay=1e-5)
 GENERATED_PER_IMAGE = 10
 
@@ -46,14 +45,14 @@ def digg_images(ctx: TransferContext, pack_arg: str | None, flag: str = "--pack 
 
     `flag` is how the user gave the pack (`--pack ` or `--unlabeled digg:`), for the error messages.
     """
-    cfg = ctx.config
     if not pack_arg:
         raise ConfigError(f"{flag.strip()}: DIGG needs a pack with a latent transformer; make one with `edgeft prime "
                           "--data UPSTREAM --out PACK --transformer-steps 3000` or pass demo")
     pack = load_pack(pack_arg, ctx.device, label=f"{flag}{pack_arg}")
     pack.require_transformer(f"{flag}{pack_arg}")
-    spec = DiggSpec(cfg.n_generated or GENERATED_PER_IMAGE * len(ctx.images), cfg.seed, cfg.mask_shapes,
-                    cfg.mask_ratio, cfg.temperature, cfg.top_k).check()
+    opts = ctx.options
+    spec = DiggSpec(opts.n_generated or GENERATED_PER_IMAGE * len(ctx.images), ctx.config.seed, opts.mask_shapes,
+                    opts.mask_ratio, opts.temperature, opts.top_k).check()
     key = cache_key(pack.digest, pack.meta["transformer"]["sha256"], json.dumps(asdict(spec)), *ctx.images.paths)
     out = ctx.run.cache / f"digg-{key}"
     record = out / "done.json"
@@ -68,17 +67,16 @@ def digg_images(ctx: TransferContext, pack_arg: str | None, flag: str = "--pack 
 
 def kd_images(ctx: TransferContext) -> Dataset:
     """The `--kd-data` distillation images, with the training augmentation."""
-    cfg = ctx.config
-    mode = check_choice(cfg.kd_data, KD_DATA, "--kd-data")
-    if mode == "raw":
+    opts = ctx.options
+    if opts.kd_data == "raw":
         return ctx.train_set(augment=True)
-    if mode == "digg":
-        images = digg_images(ctx, cfg.pack)
+    if opts.kd_data == "digg":
+        images = digg_images(ctx, opts.pack)
     else:
-        if not cfg.unlabeled or cfg.unlabeled.startswith("digg:"):
+        if not opts.unlabeled or opts.unlabeled.startswith("digg:"):
             raise ConfigError("--kd-data upstream: give the upstream images with --unlabeled DIR (directory or .zip)")
-        count = cfg.n_generated or GENERATED_PER_IMAGE * len(ctx.images)
-        images = unlabeled_images(cfg.unlabeled, ctx.image_size, count, cfg.seed)
+        count = opts.n_generated or GENERATED_PER_IMAGE * len(ctx.images)
+        images = unlabeled_images(opts.unlabeled, ctx.image_size, count, ctx.config.seed)
     return images.with_transform(build_transform(ctx.image_size, train=True))
 
 
@@ -88,7 +86,7 @@ def digg_distill(ctx: TransferContext, teacher: nn.Module) -> None:
     distill_features(ctx, teacher, images, "digg-distill", DIGG_KD, project=False)
     if ctx.dist.is_main:
         artifacts.write_json(ctx.run.method_record("digg"), {
-            "kd_data": ctx.config.kd_data, "distillation_images": len(images),
+            "kd_data": ctx.options.kd_data, "distillation_images": len(images),
             "generation": ctx.notes.get("digg"), "teacher_width": teacher.num_features,
             "student_width": ctx.student.num_features,
         })

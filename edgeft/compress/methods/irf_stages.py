@@ -30,7 +30,7 @@ from edgeft.compress.data import ImageDataset, build_transform
 from edgeft.compress.generative.pack import Pack, load_pack
 from edgeft.compress.generative.vqgan import rerepresent_images
 from edgeft.compress.methods.base import Recipe, TransferContext
-from edgeft.compress.methods.common import (check_choice, evaluate, features_of, holdout_split, set_classifier,
+from edgeft.compress.methods.common import (evaluate, features_of, holdout_split, set_classifier,
                                            train_linear_head)
 from edgeft.compress.train import Stage, TrainSpec
 from edgeft.errors import ConfigError
@@ -44,8 +44,6 @@ CALIBRATE = Recipe(epochs=30, lr=1e-2, optimizer="sgd", schedule="multistep", we
 DELIVER_LR_GRID = (1.0, 0.1, 0.01, 0.001)
 CALIBRATE_LR_GRID = (1e-2, 1e-3, 1e-4, 1e-5)
 CALIBRATE_WD_GRID = (1e-3, 1e-4, 1e-5)
-DELIVER_MODES = ("rec", "original", "mixed")
-CALIB_MODES = ("original", "rec", "mixed")
 
 
 class MixedViews(Dataset):
@@ -102,18 +100,16 @@ def head_for(ctx: TransferContext, spec: models.ModelSpec) -> models.Normalized:
 def adapt(ctx: TransferContext, spec: models.ModelSpec, model: nn.Module | None = None) -> tuple[nn.Module, float]:
     """IRF's four stages on `model` (trained in place; None: `head_for(spec)`, made after the pack is
     loaded); writes irf.json and returns the adapted model with its validation accuracy."""
-    cfg = ctx.config
-    deliver_mode = check_choice(cfg.deliver_data, DELIVER_MODES, "--deliver-data")
-    calib_mode = check_choice(cfg.calib_data, CALIB_MODES, "--calib-data")
-    if cfg.search and (cfg.lr is not None or cfg.weight_decay is not None):
+    cfg, opts = ctx.config, ctx.options
+    if opts.search and (cfg.lr is not None or cfg.weight_decay is not None):
         raise ConfigError("--search picks lr and weight decay itself: drop --lr/--weight-decay or --search")
-    pack = load_pack(cfg.pack, ctx.device)  # stage 1, priming: trained once by `edgeft prime`
+    pack = load_pack(opts.pack, ctx.device)  # stage 1, priming: trained once by `edgeft prime`
     model = head_for(ctx, spec) if model is None else model
     original = ctx.train_set(augment=False)
-    views = Views(original, rerepresent(ctx, pack, ctx.images, "train"), pack, deliver_mode, calib_mode)  # stage 2
+    views = Views(original, rerepresent(ctx, pack, ctx.images, "train"), pack, opts.deliver_data, opts.calib_data)  # stage 2
     grid: dict = {}
     deliver_lr, calib = DELIVER.lr, CALIBRATE
-    if cfg.search:
+    if opts.search:
         deliver_lr, calib, grid = search(ctx, model, spec, views)
     deliver_acc = deliver(ctx, model, spec, views, range(len(ctx.images)), None, deliver_lr, "irf-deliver")
     calib_spec = ctx.spec(calib, steps_per_epoch=len(ctx.loader(original)))
@@ -124,7 +120,7 @@ def adapt(ctx: TransferContext, spec: models.ModelSpec, model: nn.Module | None 
             "adapted": spec.display_name,
             "pack": {"path": str(pack.path), "sha256": pack.digest, "image_size": pack.meta.get("image_size"),
                      "heldout_psnr_db": pack.meta.get("heldout", {}).get("psnr_db")},
-            "image_size": ctx.image_size, "deliver_data": deliver_mode, "calib_data": calib_mode,
+            "image_size": ctx.image_size, "deliver_data": opts.deliver_data, "calib_data": opts.calib_data,
             "deliver_lr": deliver_lr, "calibrate_lr": calib_spec.lr, "calibrate_weight_decay": calib_spec.weight_decay,
             "accuracy_after_delivering": deliver_acc, "accuracy": accuracy,
             "search_holdout_accuracy": grid or None,

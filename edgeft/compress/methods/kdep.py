@@ -31,7 +31,7 @@ from edgeft.compress import kernels as fused
 from edgeft.compress import losses
 from edgeft.compress.data import ImageDataset, build_transform, make_loader
 from edgeft.compress.methods.base import Method, Recipe, TransferContext
-from edgeft.compress.methods.common import EVAL_BATCH, check_choice, finetune
+from edgeft.compress.methods.common import EVAL_BATCH, finetune
 from edgeft.compress.methods.distillation import digg_images, unlabeled_images
 from edgeft.compress.taps import PreActivation
 from edgeft.compress.train import Stage
@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 # 90+ epochs of ImageNet; 20 epochs keep distillation + fine-tuning of the demo within minutes on a CPU.
 KDEP_RECIPE = Recipe(epochs=20, lr=0.05, optimizer="sgd", schedule="cosine", weight_decay=5e-4)
 LOSS_WEIGHT = 3.0  # w in w·MSE (SPEC fact 3; 20 for a plain supervised R50 teacher)
-ALIGNS = ("svd", "linear", "channel-select")
-TRANSFORMS = ("pts", "none", "std-norm")
 STD_FLOOR = 1e-3  # std-norm: channel stds are floored at this fraction of the largest one
 
 
@@ -93,7 +91,7 @@ def std_ratio(x: torch.Tensor) -> float:
 
 def _distillation_images(ctx: TransferContext) -> ImageDataset:
     """`--unlabeled`: a directory or .zip, `digg:PACK` (DIGG images of the few, OTA §3.2), or none (the few images)."""
-    unlabeled = ctx.config.unlabeled
+    unlabeled = ctx.options.unlabeled
     if not unlabeled:
         return ctx.images
     if unlabeled.startswith("digg:"):
@@ -103,10 +101,8 @@ def _distillation_images(ctx: TransferContext) -> ImageDataset:
 
 class DistillationAsPretraining(Method):
     def fit(self, ctx: TransferContext) -> nn.Module:
-        cfg = ctx.config
-        align = check_choice(cfg.align, ALIGNS, "--align")
-        transform = check_choice(cfg.transform, TRANSFORMS, "--transform")
-        fused.check_mode(cfg.kernels)
+        align, transform = ctx.options.align, ctx.options.transform
+        fused.check_mode(ctx.config.kernels)
         images = _distillation_images(ctx)
         teacher_taps = [PreActivation(t, ctx.image_size) for t in ctx.teachers()]
         student_tap = PreActivation(ctx.student, ctx.image_size)
@@ -126,7 +122,7 @@ class DistillationAsPretraining(Method):
         if ctx.dist.is_main:
             artifacts.write_json(ctx.run.method_record("kdep"), {
                 "align": align, "transform": transform, "distillation_images": len(images),
-                "unlabeled": cfg.unlabeled, "teacher_taps": [t.path for t in teacher_taps],
+                "unlabeled": ctx.options.unlabeled, "teacher_taps": [t.path for t in teacher_taps],
                 "student_tap": student_tap.path, "teacher_width": width, "student_width": student_tap.dim, **stats,
             })
         return finetune(ctx)
@@ -138,9 +134,8 @@ class DistillationAsPretraining(Method):
         from safetensors import safe_open
         from safetensors.torch import save_file
 
-        cfg = ctx.config
-        key = cache_key(*[f"{s.timm_name}|{s.weights}" for s in ctx.teacher_specs], str(cfg.unlabeled),
-                        str(ctx.image_size), align, str(dim), transform, str(cfg.seed))
+        key = cache_key(*[f"{s.timm_name}|{s.weights}" for s in ctx.teacher_specs], str(ctx.options.unlabeled),
+                        str(ctx.image_size), align, str(dim), transform, str(ctx.config.seed))
         path = ctx.run.cache / f"kdep-align-{key}.safetensors"
         if path.exists():
             with safe_open(str(path), "pt") as handle:
@@ -148,7 +143,7 @@ class DistillationAsPretraining(Method):
                 stats = json.loads(handle.metadata()["stats"])
             return Alignment(tensors["mean"], tensors.get("basis"), tensors["std"]), stats
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(cfg.seed)  # the augmentation draws are fixed and leave the global RNG alone
+            torch.manual_seed(ctx.config.seed)  # the augmentation draws are fixed and leave the global RNG alone
             features = torch.cat([torch.cat([tap(x.to(ctx.device)) for tap in taps], 1).float().cpu()
                                   for x, _ in make_loader(augmented, EVAL_BATCH)])
         alignment = fit_alignment(features, align, dim)
