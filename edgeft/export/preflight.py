@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -80,21 +80,13 @@ def run_preflight(arch: str, formats: Sequence[str], input_size: tuple[int, int,
     it, the operator; returns the opset that passed, to export the trained student with.
     """
     import onnx
-    import timm
 
     began = time.perf_counter()
     formats = list(dict.fromkeys(EXPORTERS.canonical(f) for f in formats))
-    try:
-        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, exportable=True).eval()
-    except RuntimeError as exc:
-        raise EdgeftError(f"pre-flight: cannot build the student '{arch}' with timm ({exc})") from None
-    card = StudentCard(arch=arch, num_classes=num_classes, class_names=[str(i) for i in range(num_classes)],
-                       input_size=tuple(input_size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), teacher="",
-                       method="preflight")
-    ceiling = pick_opset(formats)
+    model, card = _untrained(arch, input_size, num_classes)
     failure, tried = "", []
     with tempfile.TemporaryDirectory(prefix="edgeft-preflight-") as tmp:
-        for opset in range(ceiling, MIN_OPSET - 1, -1):
+        for opset in range(pick_opset(formats), MIN_OPSET - 1, -1):
             try:
                 path = export_onnx(model, card, Path(tmp) / f"student-{opset}.onnx", batch, opset)
             except EdgeftError as exc:
@@ -103,19 +95,38 @@ def run_preflight(arch: str, formats: Sequence[str], input_size: tuple[int, int,
             if failure and actual != opset:
                 break  # the exporter could not convert down: the refusal stands
             tried.append(str(actual))
-            checks, failure = {}, ""
-            for fmt in formats:
-                try:
-                    checks[fmt] = CHECKS[fmt](path, batch)
-                except EdgeftError as exc:
-                    failure = f"{fmt} cannot run the untrained student '{arch}' ({exc})"
-                    break
+            checks, failure = _runtimes_read(path, formats, batch, arch)
             if not failure:
                 result = Preflight(arch, actual, checks, round(time.perf_counter() - began, 2))
                 log.info(result.summary())
                 return result
             log.info("pre-flight at opset %d: %s", opset, failure)
     raise EdgeftError(f"pre-flight: {failure} at opset {', '.join(tried)}; pick another --student or --format")
+
+
+def _untrained(arch: str, input_size: tuple[int, int, int], num_classes: int) -> tuple[Any, StudentCard]:
+    """The randomly initialised student and a card for it."""
+    import timm
+
+    try:
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, exportable=True).eval()
+    except RuntimeError as exc:
+        raise EdgeftError(f"pre-flight: cannot build the student '{arch}' with timm ({exc})") from None
+    card = StudentCard(arch=arch, num_classes=num_classes, class_names=[str(i) for i in range(num_classes)],
+                       input_size=tuple(input_size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), teacher="",
+                       method="preflight")
+    return model, card
+
+
+def _runtimes_read(path: Path, formats: list[str], batch: BatchShape, arch: str) -> tuple[dict[str, str], str]:
+    """Each format's runtime reads the ONNX: (what each said, the first failure or "")."""
+    checks = {}
+    for fmt in formats:
+        try:
+            checks[fmt] = CHECKS[fmt](path, batch)
+        except EdgeftError as exc:
+            return checks, f"{fmt} cannot run the untrained student '{arch}' ({exc})"
+    return checks, ""
 
 
 def check_onnx(path: Path, batch: BatchShape) -> str:
