@@ -1,6 +1,7 @@
 """What the commands print: progress bars (or plain lines off a terminal) and the result tables."""
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable
 
@@ -10,6 +11,13 @@ from rich.text import Text
 
 # markup off: messages carry literal brackets (pip install 'edgeft[tensorrt]') that rich would eat
 console = Console(stderr=True, markup=False)
+LOG_WIDTH = 160  # result tables written to a file or a pipe: wide enough that no figure is cut to "3.3…"
+
+
+def stdout() -> Console:
+    """The console for result tables: a terminal's own width, else LOG_WIDTH (unless $COLUMNS says otherwise)."""
+    out = Console(markup=False)
+    return out if out.is_terminal or "COLUMNS" in os.environ else Console(markup=False, width=LOG_WIDTH)
 
 
 class RichProgress:
@@ -103,13 +111,13 @@ def show_summary(summary: dict) -> None:
                       f"{student['macs'] / 1e6:.0f}", f"{baseline['accuracy']:.2%}")
     table.add_row(f"student ({summary['method']})", student["name"], f"{student['params'] / 1e6:.1f}",
                   f"{student['macs'] / 1e6:.0f}", f"{student['accuracy']:.2%}")
-    Console(markup=False).print(table)
+    stdout().print(table)
     if baseline:
         gain = summary["gain_over_baseline"] * 100
-        Console(markup=False).print(f"{summary['method']} vs fine-tuning alone: {gain:+.2f} accuracy points",
+        stdout().print(f"{summary['method']} vs fine-tuning alone: {gain:+.2f} accuracy points",
                                     highlight=False)
     data = summary["data"]
-    Console(markup=False).print(f"{data['train_images']} training / {data['val_images']} validation images, "
+    stdout().print(f"{data['train_images']} training / {data['val_images']} validation images, "
                     f"{data['classes']} classes, {summary['seconds']:.0f} s")
 
 
@@ -128,12 +136,12 @@ def show_exports(result: Any) -> None:
                   f"{r.max_abs_diff:.1e}", f"{r.accuracy:.2%}"] if r else
                  [f"{row['format']} {row['precision']}", row["status"], "", "", "", ""])
         table.add_row(*cells, style={"refused": "red", "skipped": "yellow"}.get(row["status"]))
-    Console(markup=False).print(table)
+    stdout().print(table)
     lines = [f"{o['format']} {o['precision']} refused: {o['why']}" for o in outcomes if o["status"] == "refused"]
     lines += [f"{r.format} {r.precision}: {line}" for r in result.records for line in (r.note, describe(r.quantization))
               if line]
     for line in lines:
-        Console(markup=False).print(line, highlight=False, soft_wrap=True)
+        stdout().print(line, highlight=False, soft_wrap=True)
 
 
 def show_methods(methods: Any) -> None:
@@ -144,7 +152,7 @@ def show_methods(methods: Any) -> None:
         cls = methods.get(name)
         table.add_row(name, ", ".join(a for a, n in aliases.items() if n == name),
                       "yes" if cls.needs_teacher else "", cls.summary)
-    Console(markup=False).print(table)
+    stdout().print(table)
 
 
 def show_rebuilt(rebuilt: Any) -> None:
@@ -159,7 +167,7 @@ def show_rebuilt(rebuilt: Any) -> None:
 def show_targets(devices: list) -> None:
     """Two tables that fit 80 columns without cutting a name (what runs there; its figures, each with a
     numbered source), then the sources; one item per line so that no name is split."""
-    out = Console(markup=False)
+    out = stdout()
     runs = Table(title="edgeft targets")
     for column in ("target", "aliases", "runtimes", "precisions"):
         runs.add_column(column, overflow="fold", no_wrap=column == "target")
@@ -198,4 +206,4 @@ def show_rows(rows: list[dict], title: str) -> None:
     table = Table(*COLUMNS, title=title)
     for row in rows:
         table.add_row(*(row[c] for c in COLUMNS), style="italic" if row["how"] == "estimated" else None)
-    Console(markup=False).print(table)
+    stdout().print(table)

@@ -75,8 +75,8 @@ class Search:
         drop = round((figures.reference_accuracy - figures.accuracy) * 100, 3)
         self.tried.append({"calibrator": calibrator, "kept": len(kept), "drop_points": drop, "passed": not failures,
                            "failures": failures})
-        log.info("%s int8 %s, %d layers in float: %.2f points below PyTorch%s", self.backend, calibrator,
-                 len(kept), drop, "" if not failures else f" ({'; '.join(failures)})")
+        log.info("%s int8 %s, %d layers in float: %s%s", self.backend, calibrator,
+                 len(kept), versus_pytorch(drop), "" if not failures else f" ({'; '.join(failures)})")
         return not failures
 
     def failed(self, calibrator: str, exc: Exception) -> None:
@@ -100,7 +100,7 @@ class Search:
         raise RefusedError(
             f"--max-drop {self.job.max_drop:g}: {self.backend} INT8 cannot hold it: the best of {len(self.tried)} "
             f"tries ({best['calibrator']} calibration, {best['kept']} layers kept in float) is "
-            f"{best['drop_points']:.2f} points below PyTorch on {len(self.job.reference.labels)} held-out images"
+            f"{versus_pytorch(best['drop_points'])} on {len(self.job.reference.labels)} held-out images"
             f"{extra}; raise --max-drop or export fp16"
         )
 
@@ -112,8 +112,14 @@ def describe(quantization: dict[str, Any] | None) -> str:
     kept = quantization["kept_layers"]
     layers = f"{len(kept)} layers kept in float ({', '.join(kept[:3])}{', …' if len(kept) > 3 else ''})" \
         if kept else "no layer kept in float"
-    return (f"{quantization['calibrator']} calibration, {layers}: {quantization['drop_points']:.2f} points below "
-            f"PyTorch (--max-drop {quantization['max_drop']:g}; {len(quantization['tried'])} tries)")
+    tries = len(quantization["tried"])
+    return (f"{quantization['calibrator']} calibration, {layers}: {versus_pytorch(quantization['drop_points'])} "
+            f"(--max-drop {quantization['max_drop']:g}; {tries} {'try' if tries == 1 else 'tries'})")
+
+
+def versus_pytorch(drop_points: float) -> str:
+    """An accuracy drop in words: '0.60 points below PyTorch', or 'above' for a gain."""
+    return f"{abs(drop_points):.2f} points {'below' if drop_points >= 0 else 'above'} PyTorch"
 
 
 def bounded_int8(job: "ExportJob", backend: str, tries: Sequence[Try[Candidate]],
