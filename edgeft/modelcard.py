@@ -151,8 +151,10 @@ def _covers(engines: list[dict]) -> dict[str, str]:
         out["end_to_end"] = ("preprocessing p50 (uint8 HWC → normalised NCHW, numpy, JPEG decoding and resizing "
                              "not included) + compute p50, measured separately")
         out["time_to_first_inference"] = "engine load + first run, in a fresh engine"
-        out["memory"] = ("peak resident memory added while loading and running the engine (sampled every 2 ms, in the "
-                         "profiling process), and that process's peak")
+        out["memory"] = ("peak resident memory added while loading and running the engine (the kernel's peak RSS, "
+                         "reset before loading), and that process's peak; engines profiled one after another in one "
+                         "process may reuse memory an earlier one freed, so `edgeft profile ENGINE` in a fresh "
+                         "process gives the engine's own")
         threads = measured["threads"]
         out["threads"] = f"{threads}" if threads else "the runtime's default (all cores)"
     if estimated:
@@ -191,7 +193,7 @@ def markdown(card: dict[str, Any]) -> str:
     model, tgt = card["model"], card["target"]
     lines = [f"# {model['arch']} on {tgt['title']}", "", f"**{card['how'].upper()}** · {card['label']}", ""]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in _facts(card)] + [""]
-    lines += _performance(card["engines"])
+    lines += _performance(card["engines"], _input_size(model))
     lines += _refused_and_dropped(card)
     lines += ["", "## What the numbers cover", ""]
     lines += [f"- **{k.replace('_', ' ')}**: {v}" for k, v in card["covers"].items()]
@@ -209,7 +211,7 @@ def markdown(card: dict[str, Any]) -> str:
 def _facts(card: dict[str, Any]) -> list[tuple[str, str]]:
     """The card's head table: task, model, how it was trained, target, recommended engine."""
     model, tgt, rec = card["model"], card["target"], card["recommended"]
-    size = "×".join(str(s) for s in model["input_size"]) if model.get("input_size") else "?"
+    size = _input_size(model)
     names = f" ({', '.join(model['class_names'][:10])})" if model.get("class_names") else ""
     params = f", {model['params'] / 1e6:.2f} M params" if model.get("params") else ""
     macs = f", {model['macs'] / 1e6:.0f} MMACs" if model.get("macs") else ""
@@ -225,11 +227,16 @@ def _facts(card: dict[str, Any]) -> list[tuple[str, str]]:
             ("recommended engine", engine)]
 
 
-def _performance(engines: list[dict]) -> list[str]:
-    """The Performance section: one table row per engine."""
+def _input_size(model: dict) -> str:
+    return "×".join(str(s) for s in model["input_size"]) if model.get("input_size") else "?"
+
+
+def _performance(engines: list[dict], size: str) -> list[str]:
+    """The Performance section: one table row per engine, at the engines' own input resolution."""
     head = ("engine", "precision", "how", "kept", "validated", "top-1", "vs FP32 (points)", "p50 ms", "p90 ms",
             "p99 ms", AT_BATCH, BEST, "first inference ms", "peak MB", "end-to-end p50 ms")
-    return ["## Performance", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
+    return ["## Performance", "", f"Every latency is at the engines' own input, {size}.", "",
+            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
         "| " + " | ".join(_performance_cells(e)) + " |" for e in engines]
 
 

@@ -317,8 +317,10 @@ def write_report(run_dir: str | Path) -> Report:
 def _facts(report: Report) -> list[tuple[str, str]]:
     s = report.summary
     student, teacher, data = s.get("student", {}), s.get("teacher") or {}, s.get("data", {})
-    acc = student.get("accuracy")
+    acc, card = student.get("accuracy"), RunDir(report.run).student_card
+    size = "×".join(map(str, artifacts.read_json(card)["input_size"])) if card.exists() else "?"
     return [("method", str(s.get("method", ""))), ("teacher", str(teacher.get("name", "—"))),
+            ("input", f"{size} (the engines' own resolution: every latency below is at it)"),
             ("student", f"{student.get('name', '')} ({student.get('params', 0) / 1e6:.2f} M params, "
                         f"{student.get('macs', 0) / 1e6:.0f} MMACs)"),
             ("student accuracy", f"{acc:.2%}" if isinstance(acc, (int, float)) else "—"),

@@ -81,6 +81,8 @@ def test_cards_render_for_every_target(tmp_path: Path) -> None:
         assert card["how"] == label and f"**{label.upper()}**" in md and card["target"]["name"] == name
         assert card["engines"] and all(e["how"] == label for e in card["engines"])
         assert "## What the numbers cover" in md and "| p50 ms |" in md
+        size = "×".join(map(str, card["model"]["input_size"] or ["?"]))
+        assert f"Every latency is at the engines' own input, {size}." in md
     host = json.loads((run / "cards" / "host.json").read_text())
     fp32 = next(e for e in host["engines"] if e["precision"] == "fp32")
     assert fp32["time_to_first_inference_ms"] > 0 and fp32["memory"]["peak_rss_mb"] > 0

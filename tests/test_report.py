@@ -70,9 +70,12 @@ def test_report_facts_put_the_student_beside_fine_tuning_alone_and_the_teacher(t
     summary = {"method": "aft", "student": {"name": "resnet18", "accuracy": 0.458, "params": 1, "macs": 1},
                "teacher": {"name": "lite0", "accuracy": 0.672, "evaluated_as": "linear probe"},
                "baseline": {"method": "stl", "accuracy": 0.426}, "gain_over_baseline": 0.032, "data": {}}
-    facts = dict(_facts(type("R", (), {"summary": summary, "refused": []})()))
+    (tmp_path / "student").mkdir()
+    (tmp_path / "student" / "card.json").write_text('{"input_size": [3, 64, 64]}')
+    facts = dict(_facts(type("R", (), {"summary": summary, "refused": [], "run": tmp_path})()))
     assert facts["fine-tuned alone (stl)"] == "42.60%" and facts["gain over fine-tuning alone"] == "+3.20 points"
     assert facts["teacher (linear probe)"] == "67.20%"
+    assert facts["input"].startswith("3×64×64 (the engines' own resolution")  # the latencies' resolution, named
 
 
 def test_layer_bars_name_modules_and_sum_their_kernels() -> None:

@@ -136,12 +136,13 @@ def markdown(data: dict) -> str:
              f"CPU flags: {', '.join(cpu['flags'])}. edgeft's ONNX Runtime INT8 scheme here: **{cpu['int8_scheme']['name']}** "
              f"({cpu['int8_scheme']['why']}).", "",
              f"Versions: {', '.join(f'{k} {v}' for k, v in data['versions'].items())}.", "",
-             "Written by tools/bench_inference.py. The CPU is shared with other jobs, so absolute times move with "
-             "the load; what is compared is measured side by side. *p50 … img/s, × fp32*: edgeft's engine "
+             "Written by tools/bench_inference.py, with the machine's other jobs paused (load average above). "
+             "*p50 … img/s, × fp32*: edgeft's engine "
              "(`edgeft.runtime.load` + `edgeft.runtime.profile.time_loop`, what `edgeft profile` times) side by side with "
-             f"an *independent* loop written in the bench (plain onnxruntime / openvino calls): per step, per engine "
-             f"of the table, {data['chunk']} edgeft runs then {data['chunk']} independent ones (order swapped every other step), each "
-             "after one untimed run, so every engine of a table and both timers share the load; "
+             f"an *independent* loop written in the bench (plain onnxruntime / openvino calls): one engine at a time, "
+             f"only its two sessions open, {data['chunk']} edgeft runs then {data['chunk']} independent ones (order "
+             "swapped every other step), each after a 50-ms pause and one untimed run, so both timers share the load "
+             "and neither times the other's spinning workers; "
              f"{data['iterations']} runs each. *edgeft/benchmark_app*: OpenVINO's tool (`-hint none "
              f"-nthreads {data['threads']} -nstreams 1 -nireq 1 -api sync -b 1 -infer_precision f32`; it takes -nthreads "
              "only with -hint none, and one stream with one request is what its latency hint picks) against an edgeft "
@@ -218,7 +219,7 @@ def markdown(data: dict) -> str:
         lines += ["", f"## ONNX Runtime INT8 schemes tried ({block['model']}, {block['size']} px, batch 1, "
                   f"{data['threads']} threads, this CPU)", "",
                   "What `edgeft/export/quantize.py`'s `cpu_scheme` chooses from: each built from the same fp32 ONNX "
-                  "and calibration images, timed by the independent loop, interleaved in chunks like the tables above. "
+                  "and calibration images, timed by the independent loop, one session open at a time like the tables above. "
                   "ONNX Runtime fuses the Q/DQ pairs into QLinearConv/QGemm at session load (ORT_ENABLE_ALL, its "
                   "default), so nothing is pre-optimised on disk.", "",
                   "| scheme | p50 ms | min ms | speed-up vs fp32 |", "|---|---|---|---|"]

@@ -52,6 +52,7 @@ SIZE = 224
 SWEEP = (1, 4, 16)
 CALIB_IMAGES = 32
 CHUNK = 5  # timed runs per side before switching (after one untimed run)
+SETTLE_S = 0.05  # pause before each chunk: the other session's workers stop spinning and park
 WORK = CACHE / "inference"
 DEMO_RUN = WORK / "demo"
 BENCHMARK_APP = Path(sys.executable).with_name("benchmark_app")
@@ -244,69 +245,64 @@ def summary(samples: list[float]) -> dict[str, float]:
 
 
 def measure_block(engines: list[EngineFile], threads: int, rounds: int, iterations: int) -> list[dict]:
-    """Every engine of one model, measured side by side.
+    """Every engine of one model, each measured on its own (only its two sessions open).
 
-    1. Chunks side by side: per step, per engine, A then B (B then A on odd steps) — A `CHUNK` runs of the
-       opened edgeft engine timed by `edgeft.runtime.profile.time_loop`, B as many of the independent loop,
-       each after one untimed run (the other session's idle workers spin for a moment after its last run) —
-       so that every engine and both timers see the same load; `iterations` runs each.
+    1. Chunks side by side: A `CHUNK` runs of the opened edgeft engine timed by
+       `edgeft.runtime.profile.time_loop`, B as many of the independent loop (B then A on odd steps), each after
+       one untimed run and a SETTLE_S pause (the other session's workers spin for a moment after its last
+       run: timed into the next chunk, that cost a 5-ms ONNX Runtime engine 10-30%); `iterations` runs each. Sessions of the other engines are closed meanwhile: with all fourteen open, the workers of the
+       engine timed just before still spun while the next one ran, which cost a 2-ms engine up to 40%.
     2. benchmark_app (OpenVINO engines): `rounds` rounds of an edgeft chunk then a benchmark_app run of
        `iterations` each; the ratio is the median of the per-round ratios.
     3. `edgeft profile ENGINE` once per engine in a fresh process: first inference, peak RSS, its own p50.
     """
-    from edgeft.runtime import EngineOptions, load
-    from edgeft.runtime.profile import time_loop
-
-    loops = {e.label: IndependentLoop(e, threads) for e in engines}
-    opened = {e.label: load(e.path, e.backend, EngineOptions(threads=threads)).__enter__() for e in engines}
-    inputs = {label: engine.input_spec.example(1) for label, engine in opened.items()}
-    ours: dict[str, list[float]] = {e.label: [] for e in engines}
-    theirs: dict[str, list[float]] = {e.label: [] for e in engines}
-    app_ratios: dict[str, list[float]] = {e.label: [] for e in engines}
-    app: dict[str, list[dict]] = {e.label: [] for e in engines}
-    loads = []
-    try:
-        for label, engine in opened.items():
-            time_loop(engine, inputs[label], 5, 0, 0)
-        for step in range(-(-iterations // CHUNK)):
-            for e in engines:
-                engine, x, loop = opened[e.label], inputs[e.label], loops[e.label]
-                sides = [lambda: time_loop(engine, x, 1, CHUNK, 0), lambda: loop.time(CHUNK + 1)[1:]]
-                for side in (0, 1) if step % 2 == 0 else (1, 0):  # A B, then B A
-                    (ours if side == 0 else theirs)[e.label].extend(sides[side]())
-            loads.append(os.getloadavg()[0])
-        for _ in range(rounds):
-            for e in (e for e in engines if e.backend == "openvino"):
-                chunk = time_loop(opened[e.label], inputs[e.label], 0, iterations, 0)
-                found = benchmark_app(e, threads, iterations)
-                if found:
-                    app[e.label].append(found)
-                    app_ratios[e.label].append(float(np.median(chunk)) / found["median"])
-    finally:
-        for engine in opened.values():
-            engine.__exit__(None, None, None)
-    del loops
     rows = []
     for e in engines:
+        timed = _side_by_side(e, threads, rounds, iterations)
         record = edgeft_profile(e, threads, iterations)
-        mine, plain = summary(ours[e.label]), summary(theirs[e.label])
+        mine, plain = summary(timed["ours"]), summary(timed["theirs"])
         row = {"engine": e.label, "backend": e.backend, "precision": e.precision, "file": e.path.name,
                "size_mb": e.size_mb(), "edgeft": mine, "images_per_s": round(1e3 / mine["p50"], 1),
                "independent": plain, "ratio_independent": round(mine["p50"] / plain["p50"], 3),
                "cli": {"p50": record["latency_ms"]["p50"], "first_inference_ms": record["first_inference_ms"],
                        "load_ms": record["load_ms"], "peak_rss_mb": record["memory"]["peak_rss_mb"],
                        "memory_method": record["memory"]["method"]},
-               "load_average_1min": round(float(np.mean(loads)), 2)}
-        if app[e.label]:
-            row["benchmark_app"] = {"median": round(float(np.median([a["median"] for a in app[e.label]])), 3),
-                                    "min": min(a["min"] for a in app[e.label]), "rounds": len(app[e.label]),
+               "load_average_1min": round(float(np.mean(timed["loads"])), 2)}
+        if timed["app"]:
+            row["benchmark_app"] = {"median": round(float(np.median([a["median"] for a in timed["app"]])), 3),
+                                    "min": min(a["min"] for a in timed["app"]), "rounds": len(timed["app"]),
                                     "runs_per_round": iterations}
-            row["ratio_benchmark_app"] = round(float(np.median(app_ratios[e.label])), 3)
+            row["ratio_benchmark_app"] = round(float(np.median(timed["app_ratios"])), 3)
         rows.append(row)
     fp32 = {r["backend"]: r["edgeft"]["p50"] for r in rows if r["precision"] == "fp32"}
     for r in rows:
         r["speedup_vs_fp32"] = round(fp32[r["backend"]] / r["edgeft"]["p50"], 2)
     return rows
+
+
+def _side_by_side(e: EngineFile, threads: int, rounds: int, iterations: int) -> dict[str, list]:
+    """One engine: edgeft's and the independent loop's runs in alternating chunks, then benchmark_app rounds."""
+    from edgeft.runtime import EngineOptions, load
+    from edgeft.runtime.profile import time_loop
+
+    loop = IndependentLoop(e, threads)
+    timed: dict[str, list] = {"ours": [], "theirs": [], "app": [], "app_ratios": [], "loads": []}
+    with load(e.path, e.backend, EngineOptions(threads=threads)) as engine:
+        x = engine.input_spec.example(1)
+        time_loop(engine, x, 5, 0, 0)
+        sides = [lambda: time_loop(engine, x, 1, CHUNK, 0), lambda: loop.time(CHUNK + 1)[1:]]
+        for step in range(-(-iterations // CHUNK)):
+            for side in (0, 1) if step % 2 == 0 else (1, 0):  # A B, then B A
+                time.sleep(SETTLE_S)
+                timed["ours" if side == 0 else "theirs"].extend(sides[side]())
+            timed["loads"].append(os.getloadavg()[0])
+        for _ in range(rounds if e.backend == "openvino" else 0):
+            chunk = time_loop(engine, x, 0, iterations, 0)
+            found = benchmark_app(e, threads, iterations)
+            if found:
+                timed["app"].append(found)
+                timed["app_ratios"].append(float(np.median(chunk)) / found["median"])
+    return timed
 
 
 def sweep_block(engines: list[EngineFile], threads: int) -> list[dict]:
@@ -383,13 +379,10 @@ class _Reader(CalibrationDataReader):
 
 
 def schemes_block(name: str, threads: int, iterations: int) -> dict[str, Any]:
-    """Independent-loop p50 of each INT8 scheme beside fp32, chunks interleaved as in measure_block."""
-    engines = scheme_engines(name, SIZE)
-    loops = {label: IndependentLoop(EngineFile(label, "onnxruntime", "int8", path), threads) for label, path in engines}
-    samples: dict[str, list[float]] = {label: [] for label, _ in engines}
-    for _ in range(-(-iterations // CHUNK)):
-        for label, loop in loops.items():
-            samples[label] += loop.time(CHUNK + 1)[1:]
+    """Independent-loop p50 of each INT8 scheme beside fp32, one session open at a time (as in measure_block)."""
+    samples: dict[str, list[float]] = {}
+    for label, path in scheme_engines(name, SIZE):
+        samples[label] = IndependentLoop(EngineFile(label, "onnxruntime", "int8", path), threads).time(iterations)
     fp32 = float(np.median(samples["fp32"]))
     return {"model": name, "size": SIZE, "rows": [
         {"scheme": label, "p50": round(float(np.median(v)), 3), "min": round(float(np.min(v)), 3),
