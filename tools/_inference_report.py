@@ -83,10 +83,11 @@ def checks(data: dict) -> list[tuple[str, bool]]:
     for block in data["models"]:
         rows = {r["engine"]: r for r in block["rows"]}
         if block["model"] in ("resnet18", "resnet50"):
+            speedup = speedups(block["rows"])
             for backend in ("onnxruntime", "openvino"):
-                r = rows[f"{backend} int8"]
-                out.append((f"{block['model']} {backend} int8 {r['speedup_vs_fp32']:.2f}x fp32 (>= {MIN_INT8_SPEEDUP}x)",
-                            r["speedup_vs_fp32"] >= MIN_INT8_SPEEDUP))
+                x = speedup[f"{backend} int8"]
+                out.append((f"{block['model']} {backend} int8 {x:.2f}x fp32 (>= {MIN_INT8_SPEEDUP}x; `edgeft profile`, "
+                            "fresh process)", x >= MIN_INT8_SPEEDUP))
             ours, bar = rows["onnxruntime int8"]["edgeft"]["p50"], rows["onnxruntime int8 plain"]["edgeft"]["p50"]
             out.append((f"{block['model']} onnxruntime int8 {ours:.2f} ms vs plain quantize_static {bar:.2f} ms "
                         "(no slower)", ours <= bar))
@@ -111,15 +112,25 @@ def checks(data: dict) -> list[tuple[str, bool]]:
     return out
 
 
+def speedups(rows: list[dict]) -> dict[str, float]:
+    """Each engine's speed-up over its backend's fp32, on the CLI p50s: `edgeft profile ENGINE` alone in a
+    fresh process, as a user measures it (side-by-side chunks alternate two sessions of the same model, which
+    doubles its weights in cache and costs an INT8 engine whose weights fit alone 10-15% that a deployment does
+    not pay)."""
+    fp32 = {r["backend"]: r["cli"]["p50"] for r in rows if r["precision"] == "fp32"}
+    return {r["engine"]: round(fp32[r["backend"]] / r["cli"]["p50"], 2) for r in rows}
+
+
 def _speed_table(rows: list[dict]) -> list[str]:
     fastest = {r["backend"]: r["edgeft"]["min"] for r in rows if r["precision"] == "fp32"}
+    speedup = speedups(rows)
     lines = ["| engine | MB | p50 ms | p90 | p99 | min | img/s | × fp32 | × fp32 by min | independent p50 | "
              "edgeft/indep. | edgeft/benchmark_app | CLI p50 | first inference ms | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         e, i, c = r["edgeft"], r["independent"], r["cli"]
         lines.append(f"| {r['engine']} | {r['size_mb']} | {e['p50']:.2f} | {e['p90']:.2f} | {e['p99']:.2f} | "
-                     f"{e['min']:.2f} | {r['images_per_s']:.0f} | {r['speedup_vs_fp32']:.2f} | "
+                     f"{e['min']:.2f} | {r['images_per_s']:.0f} | {speedup[r['engine']]:.2f} | "
                      f"{fastest[r['backend']] / e['min']:.2f} | {i['p50']:.2f} | "
                      f"{r['ratio_independent']:.3f} | {r.get('ratio_benchmark_app', '')} | {c['p50']:.2f} | "
                      f"{c['first_inference_ms']:.0f} | {c['peak_rss_mb']} |")
@@ -150,8 +161,10 @@ def markdown(data: dict) -> str:
              "ENGINE --threads N --no-sweep --no-layers` once in a fresh process (its p50, time to first inference "
              "after load, peak RSS of that process). *int8 plain*: `quant_pre_process` + "
              "`quantize_static(QDQ, per_channel=True)` with onnxruntime's defaults (int8 activations in 1.32). "
-             "*× fp32* is on p50 (the acceptance figure); *× fp32 by min* on the fastest run of each, closer to "
-             "what an idle CPU gives, since contention stretches short runs most.", ""]
+             "*× fp32* is on the CLI p50s (the acceptance figure: each engine alone in a fresh process, as a user "
+             "runs `edgeft profile`); the side-by-side chunks alternate two sessions of the same model, which "
+             "doubles its weights in the caches and costs an INT8 engine whose weights fit alone (resnet18: 11.8 MB) "
+             "10-15% that a deployment does not pay. *× fp32 by min* is on the side-by-side fastest runs.", ""]
     for block in data["models"]:
         lines += [f"## {block['model']} — {block['size']} px, batch 1, random weights", "", *_speed_table(block["rows"]), ""]
     if data.get("sweep"):
@@ -210,9 +223,15 @@ def markdown(data: dict) -> str:
               "figure and inside edgeft's; on 1–4 ms engines (MobileNet INT8) that alone is 10–50 %. It also feeds an "
               "image input as u8 through an added conversion unless told otherwise; the bench passes `-ip f32` so that "
               "it runs the graph edgeft runs.",
-              "- This host is shared (load average above): p50 is 1.5–5× the fastest run, and single chunks swing with "
-              "other jobs. Ratios outside the band in both directions within one table (same files, same options) "
-              "are that noise, not a bias."]
+              "- Three bench artifacts are gone: with every engine's two sessions open at once, the workers of the "
+              "engine timed just before still spun while the next ran (2-5 ms engines 10-40% slower, either side); "
+              "without a pause between chunks the other session's spinning workers were timed into the next chunk; and "
+              "the independent OpenVINO loop copied its input and outputs, which edgeft's backend does not (now both "
+              "use the zero-copy call).",
+              "- What is left: this is a 2-vCPU virtual machine, and on 1-5 ms engines a p50 of 100 runs in chunks of 5 "
+              "moves by about 10% between runs of the bench (another quiet run had other engines outside the band, "
+              "in both directions: edgeft faster as often as slower). Ratios outside the band within one table, "
+              "same files and options, are that noise, not a bias."]
     lines += ["", "## Checks", ""] + [f"- {'pass' if ok else 'FAIL'}: {text}" for text, ok in data["checks"]]
     if data.get("schemes"):
         block = data["schemes"]
