@@ -54,9 +54,13 @@ def method_option_groups() -> list[tuple[str, list[click.Option]]]:
 
 def fields_as_options(cls: type) -> list[click.Option]:
     """Click options for the fields `cls` declares itself."""
+    return [click.Option(decls, **settings) for decls, settings in _specs(cls)]
+
+
+def _specs(cls: type, skip: tuple[str, ...] = ()) -> list[tuple[list[str], dict[str, Any]]]:
+    """`option_spec` of each field `cls` declares itself, less `skip`."""
     kinds = option_types(cls)
-    specs = [option_spec(f, kinds[f.name]) for f in option_fields(cls)]
-    return [click.Option(decls, **settings) for decls, settings in specs]
+    return [option_spec(f, kinds[f.name]) for f in option_fields(cls) if f.name not in skip]
 
 
 class MethodName(click.ParamType):
@@ -111,9 +115,7 @@ def apply(options: list[Callable]) -> Callable:
 
 def declared(cls: type, skip: tuple[str, ...] = ()) -> Callable:
     """A decorator adding the click options of the fields `cls` declares (less `skip`) to a command."""
-    kinds = option_types(cls)
-    specs = [option_spec(f, kinds[f.name]) for f in option_fields(cls) if f.name not in skip]
-    return apply([click.option(*decls, **settings) for decls, settings in specs])
+    return apply([click.option(*decls, **settings) for decls, settings in _specs(cls, skip)])
 
 
 def device(what: str) -> Callable:
