@@ -14,7 +14,7 @@ import ast
 from pathlib import Path
 
 METHODS_PACKAGE = "edgeft.compress.methods"
-SHARED = {"__init__", "base", "common", "distillation", "irf_stages", "options"}  # shared steps, not methods
+SHARED = {"__init__", "base", "common", "distillation", "irf_stages", "options", "views"}  # shared steps, not methods
 
 
 def modules(root: Path) -> dict[str, Path]:

@@ -13,8 +13,9 @@ from torch.utils.data import Dataset, TensorDataset
 
 from edgeft import artifacts
 from edgeft.artifacts import cache_key
-from edgeft.compress.data import make_loader
+from edgeft.compress.data import ImageDataset, make_loader
 from edgeft.compress.methods.base import Recipe, TransferContext
+from edgeft.compress.methods.views import teacher_targets
 from edgeft.compress.models import ModelSpec
 from edgeft.compress.teacher_engine import frozen_outputs
 from edgeft.compress.train import Stage
@@ -198,22 +199,23 @@ def val_accuracy(ctx: TransferContext, model: nn.Module) -> Callable[[], float]:
     return lambda: evaluate(model, ctx.val, ctx.device)
 
 
-def distill_features(ctx: TransferContext, teacher: nn.Module, images: Dataset, stage: str = "distill-features",
+def distill_features(ctx: TransferContext, teacher: nn.Module, images: ImageDataset, stage: str = "distill-features",
                      recipe: Recipe = FEATURE_KD, project: bool = True) -> None:
     """L2 (MSE) from the student's pooled features to the frozen teacher's on `images` (labels unused).
 
     A linear projector maps the student's features to the teacher's width — always when `project` (FitNets'
     regressor), else only when the widths differ (OTA §4.2); it is trained with the student and dropped after.
+    With `--teacher-views N` the teacher's features of N augmented views per image are computed once
+    (methods/views.py); else the teacher sees every augmented batch.
     """
     student = ctx.student
     width = student.num_features, teacher.num_features
     projector = nn.Linear(*width) if project or width[0] != width[1] else nn.Identity()
-    loader = ctx.loader(images)
+    targets = teacher_targets(ctx, teacher, _features, "features", images, EVAL_BATCH)
+    loader = ctx.loader(targets.dataset)
 
     def loss(images: torch.Tensor, labels: torch.Tensor):
-        with torch.no_grad():
-            target = teacher.features(images)
-        return F.mse_loss(projector(student.features(images)), target), None
+        return F.mse_loss(projector(student.features(images)), targets(images, labels)), None
 
     spec = ctx.spec(recipe, steps_per_epoch=len(loader))
     ctx.trainer.run_stage(Stage(stage, {"student": student, "projector": projector}, loss, loader, spec,

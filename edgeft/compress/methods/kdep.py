@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ from edgeft.compress.data import ImageDataset, build_transform, make_loader
 from edgeft.compress.methods.base import Method, Recipe, TransferContext
 from edgeft.compress.methods.common import EVAL_BATCH, finetune
 from edgeft.compress.methods.distillation import digg_images, unlabeled_images
+from edgeft.compress.methods.views import TeacherTargets, teacher_targets
 from edgeft.compress.taps import PreActivation
 from edgeft.compress.train import Stage
 from edgeft.errors import ConfigError
@@ -99,6 +101,11 @@ def _distillation_images(ctx: TransferContext) -> ImageDataset:
     return unlabeled_images(unlabeled, ctx.image_size)
 
 
+def _taps_output(taps: list[PreActivation]) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """The teachers' pooled pre-activation features, concatenated: `output(teachers, images)` for the views."""
+    return lambda _teachers, images: torch.cat([tap(images) for tap in taps], 1).float()
+
+
 class DistillationAsPretraining(Method):
     def fit(self, ctx: TransferContext) -> nn.Module:
         align, transform = ctx.options.align, ctx.options.transform
@@ -114,8 +121,11 @@ class DistillationAsPretraining(Method):
                     "use --align linear or a wider teacher"
                 )
             augmented = images.with_transform(build_transform(ctx.image_size, train=True))
-            alignment, stats = self._alignment(ctx, teacher_taps, augmented, align, student_tap.dim, transform)
-            self._distill(ctx, teacher_taps, student_tap, augmented, alignment.to(ctx.device), align, transform)
+            targets = teacher_targets(ctx, nn.ModuleList(ctx.teachers()), _taps_output(teacher_taps), "kdep-taps",
+                                      augmented, EVAL_BATCH)
+            alignment, stats = self._alignment(ctx, teacher_taps, augmented, align, student_tap.dim, transform,
+                                               targets.cached)
+            self._distill(ctx, targets, student_tap, alignment.to(ctx.device), align, transform)
         finally:
             for tap in [*teacher_taps, student_tap]:
                 tap.remove()
@@ -129,23 +139,27 @@ class DistillationAsPretraining(Method):
 
     @staticmethod
     def _alignment(ctx: TransferContext, taps: list[PreActivation], augmented: ImageDataset, align: str,
-                   dim: int, transform: str) -> tuple[Alignment, dict]:
-        """The alignment, computed once over the augmented distillation images and cached atomically."""
+                   dim: int, transform: str, cached: torch.Tensor | None) -> tuple[Alignment, dict]:
+        """The alignment, computed once over the augmented distillation images (their `--teacher-views` when
+        `cached` holds the teacher's features of them) and cached atomically."""
         from safetensors import safe_open
         from safetensors.torch import save_file
 
         key = cache_key(*[f"{s.timm_name}|{s.weights}" for s in ctx.teacher_specs], str(ctx.options.unlabeled),
-                        str(ctx.image_size), align, str(dim), transform, str(ctx.config.seed))
+                        str(ctx.image_size), align, str(dim), transform, str(ctx.config.seed), str(ctx.options.teacher_views))
         path = ctx.run.cache / f"kdep-align-{key}.safetensors"
         if path.exists():
             with safe_open(str(path), "pt") as handle:
                 tensors = {k: handle.get_tensor(k) for k in handle.keys()}
                 stats = json.loads(handle.metadata()["stats"])
             return Alignment(tensors["mean"], tensors.get("basis"), tensors["std"]), stats
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(ctx.config.seed)  # the augmentation draws are fixed and leave the global RNG alone
-            features = torch.cat([torch.cat([tap(x.to(ctx.device)) for tap in taps], 1).float().cpu()
-                                  for x, _ in make_loader(augmented, EVAL_BATCH)])
+        if cached is not None:
+            features = cached.cpu()
+        else:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                torch.manual_seed(ctx.config.seed)  # the augmentation draws are fixed and leave the global RNG alone
+                features = torch.cat([torch.cat([tap(x.to(ctx.device)) for tap in taps], 1).float().cpu()
+                                      for x, _ in make_loader(augmented, EVAL_BATCH)])
         alignment = fit_alignment(features, align, dim)
         aligned = alignment.target(features, "none")
         stats = {"std_ratio_aligned": std_ratio(aligned), "std_ratio_target": std_ratio(alignment.target(features, transform))}
@@ -160,19 +174,18 @@ class DistillationAsPretraining(Method):
         return alignment, stats
 
     @staticmethod
-    def _distill(ctx: TransferContext, teacher_taps: list[PreActivation], student_tap: PreActivation,
-                 augmented: ImageDataset, alignment: Alignment, align: str, transform: str) -> None:
+    def _distill(ctx: TransferContext, targets: TeacherTargets, student_tap: PreActivation, alignment: Alignment,
+                 align: str, transform: str) -> None:
         """Stage 1: `3·MSE(student pre-activation, target)` over the distillation images."""
         modules: dict[str, nn.Module] = {"student": ctx.student}
         projector = None
         if align == "linear":
-            projector = modules["projector"] = nn.Linear(student_tap.dim, sum(t.dim for t in teacher_taps))
+            projector = modules["projector"] = nn.Linear(student_tap.dim, alignment.mean.shape[0])
 
         kernels = ctx.config.kernels
 
-        def loss(images: torch.Tensor, _labels: torch.Tensor):
-            with torch.no_grad():
-                teacher = torch.cat([tap(images) for tap in teacher_taps], 1).float()
+        def loss(images: torch.Tensor, labels: torch.Tensor):
+            teacher = targets(images, labels)
             prediction = student_tap(images).float()
             if projector is None and transform == "pts":  # the default: one fused loss where CUDA runs it
                 return fused.kdep_loss(prediction, teacher, alignment.mean, alignment.basis, LOSS_WEIGHT,
@@ -183,7 +196,7 @@ class DistillationAsPretraining(Method):
                 target = alignment.target(teacher, transform, kernels)
             return LOSS_WEIGHT * F.mse_loss(prediction, target), None
 
-        loader = ctx.loader(augmented)
+        loader = ctx.loader(targets.dataset)
         spec = ctx.spec(KDEP_RECIPE, steps_per_epoch=len(loader))
         ctx.trainer.run_stage(Stage("kdep-distill", modules, loss, loader, spec,
                                     frozen_eval_modules=list(ctx.teachers())))

@@ -61,6 +61,16 @@ class KdOptions:
 
 
 @dataclass(frozen=True)
+class ViewOptions:
+    """teacher views"""
+
+    teacher_views: int = option(0, "augmented views per distillation image whose teacher outputs are computed once "
+                                   "(cached, through ONNX Runtime/OpenVINO on a CPU); each epoch the student gets a "
+                                   "random one of them. 0: the teacher sees every augmented batch",
+                                default_text="0 (online)")
+
+
+@dataclass(frozen=True)
 class AftOptions:
     """aft options"""
 
@@ -95,7 +105,7 @@ class GenerationOptions:
 
 
 @dataclass(frozen=True)
-class KdepOptions(UnlabeledOptions, GenerationOptions):
+class KdepOptions(UnlabeledOptions, GenerationOptions, ViewOptions):
     """kdep options"""
 
     align: str = option("svd", "teacher→student dimension alignment", choices=("svd", "linear", "channel-select"))
@@ -121,7 +131,7 @@ class IrfOptions(PackOptions):
 
 
 @dataclass(frozen=True)
-class DiggOptions(PackOptions, UnlabeledOptions, GenerationOptions):
+class DiggOptions(PackOptions, UnlabeledOptions, GenerationOptions, ViewOptions):
     """DIGG distillation"""
 
     kd_data: str = option("digg", "distillation images: DIGG-generated, --unlabeled upstream images (same count) "
