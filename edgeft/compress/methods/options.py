@@ -110,6 +110,8 @@ class KdepOptions(UnlabeledOptions, GenerationOptions, ViewOptions):
 
     align: str = option("svd", "teacher→student dimension alignment", choices=("svd", "linear", "channel-select"))
     transform: str = option("pts", "transform of the aligned teacher target", choices=("pts", "none", "std-norm"))
+    kdep_epochs: int | None = option(None, "epochs of the distillation stage (e.g. as many as a supervised "
+                                           "pre-training it replaces)", default_text="--epochs, else 20")
 
 
 @dataclass(frozen=True)
