@@ -5,15 +5,15 @@
 For the imagenet-teacher protocol's runs of one task and seed (tools/transfer_imagenet.py), it
 measures AFT's objective term, the linear-kernel distance between the student's pooled features
 and the teacher's cached features, on the training images and on the held-out test images (eval
-transform, batches of 64 as in training, fixed draws), for the pre-trained student before any fine-tuning and for each finished
-row (stl, aft β=0, aft, aft identity-μ): with μ = 1 and with the `aft` row's learned μ. It also
-shows how the learned μ spreads. If `aft` ends far closer to the teacher than `aft β=0` yet no
-more accurate, the regulariser works as designed and the teacher's kernel does not carry what the
-task needs at these resolutions; if the distance falls on the training images only, the student
-learnt the teacher's kernel of those 2,500 images without it carrying over to new ones; if both
-rows end as far, β or μ swallowed the term. The same distance to the labels' one-hot kernel
-says whose similarities follow the classes: the teacher's, or the students'.
-Writes results/aft-diagnosis.{json,md}.
+transform, batches of 64 as in training, fixed draws), for the pre-trained student before any
+fine-tuning and for each finished row of the task (stl, aft β=0, aft, aft identity-μ): with μ = 1
+and with the `aft` row's learned μ. It also shows how the learned μ spreads. If `aft` ends far
+closer to the teacher than `aft β=0` yet no more accurate, the regulariser works as designed and
+the teacher's kernel does not carry what the task needs at these resolutions; if the distance
+falls on the training images only, the student learnt the teacher's kernel of its few images
+without it carrying over to new ones; if both rows end as far, β or μ swallowed the term. The
+same distance to the labels' one-hot kernel says whose similarities follow the classes: the
+teacher's, or the students'. Writes results/aft-diagnosis-<task>.{json,md}.
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ from edgeft.export.base import load_student  # noqa: E402
 
 ROWS = ("stl", "aft β=0", "aft", "aft identity-μ")
 BATCH, DRAWS = 64, 200
+STEM = "aft-diagnosis"
 
 
 def student_features(run: Path, images: ImageDataset) -> torch.Tensor:
@@ -78,7 +79,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     task, rows = TASKS[args.task], {r.name: r for r in PROTOCOL_ROWS}
-    runs = {name: run_dir(task, rows[name], args.seed) for name in ROWS}
+    runs = {name: run_dir(task, rows[name], args.seed) for name in ROWS if task.name in rows[name].tasks}
+    runs = {name: run for name, run in runs.items() if (run / "summary.json").exists()}
+    if "aft" not in runs:
+        raise SystemExit(f"{task.name} seed {args.seed}: the aft row has not finished; run it first")
     split = artifacts.read_json(runs["aft"] / "data_split.json")
     images = {part: split_images(split, part, task.image_size) for part in ("train", "val")}
     psi = {part: teacher_features(runs["aft"], len(data)) for part, data in images.items()}
@@ -108,9 +112,9 @@ def main() -> None:
           "effective_share": (learned.sum() ** 2 / (len(learned) * (learned ** 2).sum())).item()}
     result = {"task": task.name, "seed": args.seed, "batch": BATCH, "draws": DRAWS, "rows": table,
               "learned_mu": mu, "provenance": provenance(args.seed)}
-    dump_json(RESULTS / "aft-diagnosis.json", result)
-    artifacts.write_text(RESULTS / "aft-diagnosis.md", markdown(result))
-    print(RESULTS / "aft-diagnosis.md")
+    dump_json(RESULTS / f"{STEM}-{task.name}.json", result)
+    artifacts.write_text(RESULTS / f"{STEM}-{task.name}.md", markdown(result))
+    print(RESULTS / f"{STEM}-{task.name}.md")
 
 
 def distance_table(result: dict) -> list[str]:
