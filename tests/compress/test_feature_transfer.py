@@ -181,3 +181,12 @@ def test_kdep_epochs_sets_the_distillation_stage_only(tmp_path, tiny_data):
         epochs[record["stage"]] = max(epochs.get(record["stage"], 0), record["epoch"])
     assert epochs["kdep-distill"] == 3 and epochs["finetune"] == 2
     one_line_error(tiny_args(tiny_data, tmp_path / "bad", "--method", "kdep", "--kdep-epochs", "-1"), "--kdep-epochs -1")
+
+
+def test_numerical_rank_counts_the_spanned_directions():
+    from edgeft.compress.methods.kdep import numerical_rank
+
+    basis = torch.randn(6, 40, generator=torch.Generator().manual_seed(0))
+    low = torch.randn(500, 6, generator=torch.Generator().manual_seed(1)) @ basis + 3.0  # affine image of 6 dims
+    assert numerical_rank(low) == 6
+    assert numerical_rank(torch.randn(500, 40)) == 40

@@ -85,6 +85,12 @@ def fit_alignment(features: torch.Tensor, align: str, dim: int) -> Alignment:
     return Alignment(mean, basis, std.clamp_min(STD_FLOOR * std.max().clamp_min(1e-12)))
 
 
+def numerical_rank(features: torch.Tensor, tolerance: float = 1e-4) -> int:
+    """How many directions the centred [N, D] features span: singular values above `tolerance` × the largest."""
+    values = torch.linalg.svdvals((features - features.mean(0)).double())
+    return int((values > tolerance * values.max().clamp_min(1e-30)).sum())
+
+
 def std_ratio(x: torch.Tensor) -> float:
     """KDEP's 'Std Ratio': largest over smallest per-channel std."""
     std = x.std(0)
@@ -164,7 +170,13 @@ class DistillationAsPretraining(Method):
                                       for x, _ in make_loader(augmented, EVAL_BATCH)])
         alignment = fit_alignment(features, align, dim)
         aligned = alignment.target(features, "none")
-        stats = {"std_ratio_aligned": std_ratio(aligned), "std_ratio_target": std_ratio(alignment.target(features, transform))}
+        stats = {"std_ratio_aligned": std_ratio(aligned), "std_ratio_target": std_ratio(alignment.target(features, transform)),
+                 "teacher_rank": numerical_rank(features)}
+        if align == "svd" and stats["teacher_rank"] < dim:
+            log.warning("kdep: the teacher's features span only %d dimensions over these images, fewer than the "
+                        "student's %d: %d SVD directions are empty and their targets are noise (a linear layer "
+                        "before the tap, e.g. EfficientNet's conv_head, caps the rank)", stats["teacher_rank"], dim,
+                        dim - stats["teacher_rank"])
         log.info("kdep: %s alignment of %d features to %d over %d images (std ratio %s → %s with %s)", align,
                  features.shape[1], dim, len(features), stats["std_ratio_aligned"], stats["std_ratio_target"], transform)
         if ctx.dist.is_main:
