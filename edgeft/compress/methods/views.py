@@ -40,10 +40,6 @@ class TeacherViews:
     images: torch.Tensor
     targets: torch.Tensor
 
-    @property
-    def per_image(self) -> int:
-        return self.images.shape[1]
-
     def dataset(self) -> "ViewDataset":
         """The images as a training set: item i is a random view of image i with [0, its target's row]."""
         return ViewDataset(self.images)
@@ -62,7 +58,7 @@ class ViewDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         views = self.images.shape[1]
         v = int(torch.randint(views, ()))
-        return self.images[i, v].float() / 255, torch.tensor([0, i * views + v])
+        return _to_float(self.images[i, v]), torch.tensor([0, i * views + v])
 
 
 class _Flat(Dataset):
@@ -75,7 +71,7 @@ class _Flat(Dataset):
         return self.images.shape[0]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i].float() / 255, 0
+        return _to_float(self.images[i]), 0
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -140,3 +136,7 @@ def teacher_targets(ctx: TransferContext, teacher: nn.Module, output: Output, na
 
 def _to_uint8(image: torch.Tensor) -> torch.Tensor:
     return (image.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _to_float(image: torch.Tensor) -> torch.Tensor:
+    return image.float() / 255
