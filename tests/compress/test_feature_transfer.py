@@ -172,15 +172,16 @@ def test_the_fused_kdep_loss_path_agrees_with_the_alignment_target():
     assert fused_path.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_kdep_epochs_sets_the_distillation_stage_only(tmp_path, tiny_data):
-    out = tmp_path / "kdep-epochs"
-    ok(tiny_args(tiny_data, out, "--method", "kdep", "--kdep-epochs", "3"))  # --epochs 2 from tiny_args
+def test_distill_epochs_sets_the_distillation_stage_only(tmp_path, tiny_data):
+    out = tmp_path / "distill-epochs"
+    ok(tiny_args(tiny_data, out, "--method", "kdep", "--distill-epochs", "3"))  # --epochs 2 from tiny_args
     epochs = {}
     for line in (out / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         epochs[record["stage"]] = max(epochs.get(record["stage"], 0), record["epoch"])
     assert epochs["kdep-distill"] == 3 and epochs["finetune"] == 2
-    one_line_error(tiny_args(tiny_data, tmp_path / "bad", "--method", "kdep", "--kdep-epochs", "-1"), "--kdep-epochs -1")
+    one_line_error(tiny_args(tiny_data, tmp_path / "bad", "--method", "fkd", "--distill-epochs", "0"),
+                   "--distill-epochs 0")
 
 
 def test_numerical_rank_counts_the_spanned_directions():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from edgeft.compress.generative.vqgan import (VQGAN, PatchDiscriminator, VectorQuantizer, VQGANConfig, adaptive_weight,
-                                              hinge_d_loss, psnr)
+                                              hinge_d_loss, psnr, rerepresent_images)
 
 TINY = VQGANConfig(channels=8, z_channels=8, embed_dim=4, codebook_size=16)
 
@@ -77,3 +77,29 @@ def test_hinge_loss_and_adaptive_weight():
 def test_psnr_of_a_known_error():
     a = torch.zeros(2, 3, 4, 4)
     assert psnr(a, a + 0.1).tolist() == pytest.approx([20.0, 20.0], abs=1e-4)
+
+
+class _ShapeRecorder(torch.nn.Module):
+    """Stands in for a VQGAN: reconstructs a batch as itself and records the size it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, int]] = []
+
+    def reconstruct(self, batch: torch.Tensor) -> torch.Tensor:
+        self.seen.append(tuple(batch.shape[-2:]))
+        return batch
+
+
+def test_rerepresent_images_works_at_the_packs_resolution_and_returns_each_images_size():
+    torch.manual_seed(0)
+    wide = torch.randint(0, 256, (3, 128, 160), dtype=torch.uint8)
+    square = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    recorder = _ShapeRecorder()
+    out = rerepresent_images(recorder, [wide, square, wide], work_size=32)
+    assert sorted(recorder.seen) == [(32, 32), (32, 40)]  # one batch per size, each at short side 32
+    assert [t.shape for t in out] == [wide.shape, square.shape, wide.shape] and out[0].dtype == torch.uint8
+    assert torch.equal(out[1], square)  # already at the pack's resolution: untouched
+    assert not torch.equal(out[0], wide)  # down and up again: detail above 32 px is gone
+    recorder.seen.clear()
+    assert torch.equal(rerepresent_images(recorder, [wide])[0], wide) and recorder.seen == [(128, 160)]

@@ -204,17 +204,32 @@ class VQGAN(nn.Module):
 
 @torch.no_grad()
 def rerepresent_images(vqgan: VQGAN, images: list[torch.Tensor], device: torch.device | str = "cpu",
-                       batch_size: int = 64) -> list[torch.Tensor]:
-    """uint8 [3, H, W] images → their uint8 re-representations, in order (same-sized images run together)."""
+                       batch_size: int = 64, work_size: int | None = None) -> list[torch.Tensor]:
+    """uint8 [3, H, W] images → their uint8 re-representations, in order (same-sized images run together).
+
+    With `work_size` (the pack's training resolution) each image is re-represented at that short side, as
+    the VQGAN learnt its codes, and resized back to its own size: a 32-px pack re-represents the content of
+    a 128-px teacher input at 32 px instead of coding 4× up-sampled pixels it never saw.
+    """
     vqgan = vqgan.to(device).eval()
     out: list[torch.Tensor | None] = [None] * len(images)
     for shape in dict.fromkeys(t.shape for t in images):
         rows = [i for i, t in enumerate(images) if t.shape == shape]
+        size = shape[-2:]
+        if work_size and min(size) != work_size:
+            scale = work_size / min(size)
+            work = (max(work_size, round(size[0] * scale)), max(work_size, round(size[1] * scale)))
+        else:
+            work = None
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             batch = torch.stack([images[i] for i in chunk]).to(device).float() / 255
-            rec = (vqgan.reconstruct(batch) * 255).round().to(torch.uint8).cpu()
-            for i, image in zip(chunk, rec):
+            if work:
+                batch = F.interpolate(batch, size=work, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+            rec = vqgan.reconstruct(batch)
+            if work:
+                rec = F.interpolate(rec, size=tuple(size), mode="bicubic", align_corners=False).clamp(0, 1)
+            for i, image in zip(chunk, (rec * 255).round().to(torch.uint8).cpu()):
                 out[i] = image
     return out
 

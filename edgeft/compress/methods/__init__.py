@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass
 
 from edgeft.compress.methods.options import (AftOptions, DiggOptions, IrfOptions, KdepOptions, KdOptions, NoOptions,
-                                             OtaOptions, ViewOptions)
+                                             OtaOptions, DistillOptions)
 from edgeft.errors import ConfigError
 from edgeft.registry import Registry
 
@@ -50,7 +50,7 @@ _add("kd", "baselines:LogitDistillation",
      "Hinton KD: CE + T²·KL to the teacher's logits (teacher head trained on the few data first)", teacher=True,
      options=KdOptions)
 _add("fkd", "baselines:FeatureDistillation", "feature KD (FitNets-style, the papers' KD baseline): L2 to teacher "
-     "features via a linear projector, then fine-tune", teacher=True, options=ViewOptions,
+     "features via a linear projector, then fine-tune", teacher=True, options=DistillOptions,
      aliases=("fitnets",))
 _add("aft", "aft:AdaptiveFeatureTransfer",
      "AFT: fine-tune with CE + β·kernel distance to cached teacher features with learned weights", teacher=True,

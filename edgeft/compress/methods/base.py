@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -82,6 +82,12 @@ class TransferContext:
             weight_decay=cfg.weight_decay if cfg.weight_decay is not None else defaults.weight_decay,
             eval_every=max(1, epochs // 5),
         )
+
+    def distill_spec(self, defaults: "Recipe", steps_per_epoch: int = 1) -> TrainSpec:
+        """A distillation stage's recipe: `spec`, with `--distill-epochs` when given (evaluated at its end)."""
+        spec = self.spec(defaults, steps_per_epoch)
+        epochs = getattr(self.options, "distill_epochs", None)
+        return replace(spec, epochs=epochs, eval_every=epochs) if epochs else spec
 
 
 @dataclass(frozen=True)

@@ -217,6 +217,6 @@ def distill_features(ctx: TransferContext, teacher: nn.Module, images: ImageData
     def loss(images: torch.Tensor, labels: torch.Tensor):
         return F.mse_loss(projector(student.features(images)), targets(images, labels)), None
 
-    spec = ctx.spec(recipe, steps_per_epoch=len(loader))
+    spec = ctx.distill_spec(recipe, steps_per_epoch=len(loader))
     ctx.trainer.run_stage(Stage(stage, {"student": student, "projector": projector}, loss, loader, spec,
                                 frozen_eval_modules=[teacher]))

@@ -71,16 +71,17 @@ class Views:
 
 
 def rerepresent(ctx: TransferContext, pack: Pack, dataset: ImageDataset, name: str) -> ImageDataset:
-    """Assembling: `dataset`'s images through the frozen VQGAN (cached as uint8 in the run directory),
-    returned with the eval transform like `ctx.train_set(augment=False)`."""
+    """Assembling: `dataset`'s images through the frozen VQGAN at the pack's resolution (cached as uint8 in
+    the run directory), returned with the eval transform like `ctx.train_set(augment=False)`."""
     from safetensors.torch import load_file, save_file
 
-    path = ctx.run.cache / f"irf-rec-{cache_key(pack.digest, name, str(ctx.image_size))}.safetensors"
+    work_size = pack.meta.get("image_size")
+    path = ctx.run.cache / f"irf-rec-{cache_key(pack.digest, name, str(ctx.image_size), str(work_size))}.safetensors"
     if path.exists():
         stored = load_file(str(path))
         images = [stored[f"{i}"] for i in range(len(dataset))]
     else:
-        images = rerepresent_images(pack.vqgan, dataset.images, ctx.device)
+        images = rerepresent_images(pack.vqgan, dataset.images, ctx.device, work_size=work_size)
         if ctx.dist.is_main:
             tensors = {f"{i}": t.contiguous() for i, t in enumerate(images)}
             artifacts.atomic_write(path, lambda tmp: save_file(tensors, tmp))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -115,8 +115,6 @@ def _taps_output(taps: list[PreActivation]) -> Callable[[nn.Module, torch.Tensor
 class DistillationAsPretraining(Method):
     def fit(self, ctx: TransferContext) -> nn.Module:
         align, transform = ctx.options.align, ctx.options.transform
-        if ctx.options.kdep_epochs is not None and ctx.options.kdep_epochs < 1:
-            raise ConfigError(f"--kdep-epochs {ctx.options.kdep_epochs}: give a number of epochs >= 1")
         fused.check_mode(ctx.config.kernels)
         images = _distillation_images(ctx)
         teacher_taps = [PreActivation(t, ctx.image_size) for t in ctx.teachers()]
@@ -211,8 +209,6 @@ class DistillationAsPretraining(Method):
             return LOSS_WEIGHT * F.mse_loss(prediction, target), None
 
         loader = ctx.loader(targets.dataset)
-        spec = ctx.spec(KDEP_RECIPE, steps_per_epoch=len(loader))
-        if ctx.options.kdep_epochs:
-            spec = replace(spec, epochs=ctx.options.kdep_epochs, eval_every=ctx.options.kdep_epochs)
+        spec = ctx.distill_spec(KDEP_RECIPE, steps_per_epoch=len(loader))
         ctx.trainer.run_stage(Stage("kdep-distill", modules, loss, loader, spec,
                                     frozen_eval_modules=list(ctx.teachers())))

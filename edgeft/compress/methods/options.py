@@ -16,10 +16,12 @@ from edgeft.errors import ConfigError
 from edgeft.registry import unknown_name_message
 
 
-def option(default: Any, help: str, choices: tuple[str, ...] = (), default_text: str | None = None) -> Any:
-    """A method option: its default, one line of help, the values it takes (if a fixed set) and how its
-    default reads in `--help` when not the value itself."""
-    return field(default=default, metadata={"help": help, "choices": choices, "default_text": default_text})
+def option(default: Any, help: str, choices: tuple[str, ...] = (), default_text: str | None = None,
+           minimum: int | None = None) -> Any:
+    """A method option: its default, one line of help, the values it takes (a fixed set, or numbers from
+    `minimum` up) and how its default reads in `--help` when not the value itself."""
+    return field(default=default, metadata={"help": help, "choices": choices, "default_text": default_text,
+                                            "minimum": minimum})
 
 
 def flag(name: str) -> str:
@@ -39,11 +41,13 @@ def option_types(cls: type) -> dict[str, Any]:
 
 
 def check_options(options: Any) -> None:
-    """A value outside an option's choices is a ConfigError naming its flag and the choices."""
+    """A value outside an option's choices, or below its minimum, is a ConfigError naming its flag."""
     for f in dataclasses.fields(options):
-        choices, value = f.metadata.get("choices"), getattr(options, f.name)
+        choices, minimum, value = f.metadata.get("choices"), f.metadata.get("minimum"), getattr(options, f.name)
         if choices and value not in choices:
             raise ConfigError(f"{flag(f.name)}: " + unknown_name_message("value", str(value), list(choices)))
+        if minimum is not None and value is not None and value < minimum:
+            raise ConfigError(f"{flag(f.name)} {value}: give a number >= {minimum}")
 
 
 @dataclass(frozen=True)
@@ -61,13 +65,16 @@ class KdOptions:
 
 
 @dataclass(frozen=True)
-class ViewOptions:
-    """teacher views"""
+class DistillOptions:
+    """distillation stage"""
 
     teacher_views: int = option(0, "augmented views per distillation image whose teacher outputs are computed once "
                                    "(cached, through ONNX Runtime/OpenVINO on a CPU); each epoch the student gets a "
                                    "random one of them. 0: the teacher sees every augmented batch",
                                 default_text="0 (online)")
+    distill_epochs: int | None = option(None, "epochs of the distillation stage alone (e.g. as many as a "
+                                              "supervised pre-training it replaces)",
+                                        default_text="--epochs, else the method's", minimum=1)
 
 
 @dataclass(frozen=True)
@@ -105,13 +112,11 @@ class GenerationOptions:
 
 
 @dataclass(frozen=True)
-class KdepOptions(UnlabeledOptions, GenerationOptions, ViewOptions):
+class KdepOptions(UnlabeledOptions, GenerationOptions, DistillOptions):
     """kdep options"""
 
     align: str = option("svd", "teacher→student dimension alignment", choices=("svd", "linear", "channel-select"))
     transform: str = option("pts", "transform of the aligned teacher target", choices=("pts", "none", "std-norm"))
-    kdep_epochs: int | None = option(None, "epochs of the distillation stage (e.g. as many as a supervised "
-                                           "pre-training it replaces)", default_text="--epochs, else 20")
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,7 @@ class IrfOptions(PackOptions):
 
 
 @dataclass(frozen=True)
-class DiggOptions(PackOptions, UnlabeledOptions, GenerationOptions, ViewOptions):
+class DiggOptions(PackOptions, UnlabeledOptions, GenerationOptions, DistillOptions):
     """DIGG distillation"""
 
     kd_data: str = option("digg", "distillation images: DIGG-generated, --unlabeled upstream images (same count) "
