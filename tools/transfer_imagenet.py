@@ -29,6 +29,7 @@ from pretrain_student import TINY_IMAGENET, pretrained_student
 
 from edgeft import artifacts
 from edgeft.console import RichProgress
+from edgeft.compress.methods.distillation import DIGG_KD
 from edgeft.compress.packaged import PACKAGED
 from edgeft.compress.pipeline import run_compress
 from edgeft.config import CompressConfig, build_config
@@ -39,6 +40,9 @@ PRETRAIN_EPOCHS = 15
 UPSTREAM_TRAIN = "UPSTREAM_TRAIN"  # placeholder of a row's --unlabeled: tiny-imagenet's train images (unpacked once)
 VIEWS = 8  # --teacher-views of the distillation rows: the teacher's outputs on 8 augmented views per image, cached
 STEM = "transfer-imagenet"
+# The DIGG-family rows distil on 10 images per few image for DIGG's own 10 epochs (not the row's 30: 25,000
+# images × 30 epochs would be 12,000 steps a run here), the teacher's outputs on 2 cached views per image.
+DIGG_DISTILL = {"distill_epochs": DIGG_KD.epochs, "teacher_views": 2}
 PACK = "PACK"  # placeholder of a row's --pack: the tiny-imagenet pack at the task's resolution (primed once)
 IRF_RUN = "IRF_RUN"  # placeholder of a row's --teacher-from: the same task and seed's `irf` run (its adapted Lite2)
 
@@ -115,15 +119,15 @@ ROWS: list[Row] = [
     Row("irf mixed", "irf", init="teacher", epochs=5, tasks=CIFAR,
         options={"pack": PACK, "deliver_data": "mixed", "calib_data": "mixed"},
         note="IRF ablation, Table 4 (f): original + re-represented in both stages"),
-    Row("ota", "digg", init="scratch", options={"pack": PACK, "teacher_from": IRF_RUN, "teacher_views": 2},
+    Row("ota", "digg", init="scratch", options={"pack": PACK, "teacher_from": IRF_RUN, **DIGG_DISTILL},
         note="OTA (IRF→DIGG→KD→FT): the irf row's IRF-adapted Lite2 (same seed: its IRF stage is that run) "
-             "distilled on 10 DIGG images per few image, then fine-tune (IRF's calibration recipe)"),
-    Row("digg-irf", "digg-irf", init="scratch", options={"pack": PACK, "teacher_views": 2},
-        note="OTA Table 9 order: un-adapted Lite2 distilled on the DIGG images, then IRF on the student"),
+             "distilled on 10 DIGG images per few image (10 epochs), then fine-tune (IRF's calibration recipe)"),
+    Row("digg-irf", "digg-irf", init="scratch", options={"pack": PACK, **DIGG_DISTILL},
+        note="OTA Table 9 order: un-adapted Lite2 distilled on the DIGG images (10 epochs), then IRF on the student"),
     Row("kd upstream", "digg", init="scratch",
-        options={"kd_data": "upstream", "unlabeled": UPSTREAM_TRAIN, "n_generated": 25_000, "teacher_views": 2},
-        note="OTA Table 5 (d): feature KD on 25,000 tiny-imagenet train images (as many as digg's on cifar), then "
-             "fine-tune"),
+        options={"kd_data": "upstream", "unlabeled": UPSTREAM_TRAIN, "n_generated": 25_000, **DIGG_DISTILL},
+        note="OTA Table 5 (d): feature KD on 25,000 tiny-imagenet train images (as many as digg's on cifar; 10 "
+             "epochs), then fine-tune"),
     Row("aft", "aft", options={"beta": "10"}, note="AFT, β 10, learned μ, Adam 1e-3, student crop/flip"),
     Row("aft scratch", "aft", init="scratch", tasks=CIFAR, options={"beta": "10"},
         note="AFT on a random-init resnet18 (the scratch row plus the regulariser: which init)"),
