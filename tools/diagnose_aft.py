@@ -13,7 +13,8 @@ the teacher's kernel does not carry what the task needs at these resolutions; if
 falls on the training images only, the student learnt the teacher's kernel of its few images
 without it carrying over to new ones; if both rows end as far, β or μ swallowed the term. The
 same distance to the labels' one-hot kernel says whose similarities follow the classes: the
-teacher's, or the students'. Writes results/aft-diagnosis-<task>.{json,md}.
+teacher's, or the students'. A linear probe on each model's frozen features (same probe for all)
+says whether the features became more linearly separable even where the fine-tuned top-1 did not move. Writes results/aft-diagnosis-<task>.{json,md}.
 """
 from __future__ import annotations
 
@@ -57,6 +58,27 @@ def mean_distance(phi: torch.Tensor, psi: torch.Tensor, mu: torch.Tensor) -> flo
     return statistics.mean(kernel_distance(phi[rows], psi[rows], mu).item() for rows in draws)
 
 
+def probe_accuracy(train: torch.Tensor, train_labels: torch.Tensor, val: torch.Tensor, val_labels: torch.Tensor,
+                   l2: float = 1e-3) -> float:
+    """Held-out top-1 of a linear probe on frozen features: multinomial logistic regression on standardised
+    features with an L2 penalty `l2`, full-batch L-BFGS (one fixed probe, the same for every model)."""
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    x, v = (train - mean) / std, (val - mean) / std
+    torch.manual_seed(0)
+    head = torch.nn.Linear(x.shape[1], int(train_labels.max()) + 1)
+    opt = torch.optim.LBFGS(head.parameters(), max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(head(x), train_labels) + l2 * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return (head(v).argmax(1) == val_labels).float().mean().item()
+
+
 def teacher_features(aft_run: Path, count: int) -> torch.Tensor:
     """The teacher's cached features of a split (the aft run's cache entry with one row per image of it)."""
     for path in (aft_run / "cache").glob("*.safetensors"):
@@ -92,19 +114,22 @@ def main() -> None:
     models = {"pre-trained student (before fine-tuning)": pretrained, **runs}
     labels = F.one_hot(images["val"].labels).float()
     no_weights = torch.ones(labels.shape[1])
+    probe = {part: data.labels for part, data in images.items()}
     table = [{"model": "teacher (its cached features)", "accuracy": None,
-              "val_to_labels": mean_distance(psi["val"], labels, no_weights)},
+              "val_to_labels": mean_distance(psi["val"], labels, no_weights),
+              "probe": probe_accuracy(psi["train"], probe["train"], psi["val"], probe["val"])},
              {"model": "teacher × aft's learned μ", "accuracy": None,
               "val_to_labels": mean_distance(psi["val"] * learned, labels, no_weights)}]
     for name, run in models.items():
         row = {"model": name, "accuracy": None}
         if name in runs:
             row["accuracy"] = artifacts.read_json(run / "summary.json")["student"]["accuracy"]
-        for part, data in images.items():
-            phi = student_features(run, data)
-            row[f"{part}_mu_1"] = mean_distance(phi, psi[part], ones)
-            row[f"{part}_learned_mu"] = mean_distance(phi, psi[part], learned)
-        row["val_to_labels"] = mean_distance(phi, labels, no_weights)
+        phi = {part: student_features(run, data) for part, data in images.items()}
+        for part in images:
+            row[f"{part}_mu_1"] = mean_distance(phi[part], psi[part], ones)
+            row[f"{part}_learned_mu"] = mean_distance(phi[part], psi[part], learned)
+        row["val_to_labels"] = mean_distance(phi["val"], labels, no_weights)
+        row["probe"] = probe_accuracy(phi["train"], probe["train"], phi["val"], probe["val"])
         table.append(row)
         print(row)
     mu = {"features": len(learned), "mean": learned.mean().item(), "below_0.1": (learned < 0.1).float().mean().item(),
@@ -120,11 +145,12 @@ def main() -> None:
 def distance_table(result: dict) -> list[str]:
     """The Markdown table of the measured distances (also shown in results/transfer-imagenet.md)."""
     lines = ["| model | top-1 % | train, μ = 1 | train, aft's μ | held-out, μ = 1 | held-out, aft's μ | "
-             "held-out, to the labels' kernel |", "|---|---|---|---|---|---|---|"]
+             "held-out, to the labels' kernel | frozen-feature probe % |", "|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         cells = ["" if row["accuracy"] is None else f"{100 * row['accuracy']:.2f}"]
         cells += [f"{row[k]:.4f}" if k in row else "" for k in ("train_mu_1", "train_learned_mu", "val_mu_1",
                                                                 "val_learned_mu", "val_to_labels")]
+        cells.append(f"{100 * row['probe']:.2f}" if "probe" in row else "")
         lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
     return lines
 
@@ -136,7 +162,8 @@ def markdown(result: dict) -> str:
              "teacher's features, on the training images (those AFT regularises on) and on the held-out test "
              f"images (eval transform), mean over {result['draws']} fixed batches of {result['batch']}. The last column is the "
              "same distance from the features' kernel to the labels' (one-hot) kernel: how closely the features' "
-             "similarities follow the classes.", "",
+             "similarities follow the classes; the last, a linear probe (logistic regression, L2 1e-3, L-BFGS) on "
+             "each model's frozen features of the training images, scored on the held-out ones.", "",
              *distance_table(result)]
     mu = result["learned_mu"]
     lines += ["", f"Learned μ = sigmoid(s) of the aft row: mean {mu['mean']:.3f}, {100 * mu['below_0.1']:.1f}% of "
