@@ -42,6 +42,7 @@ VIEWS = 8  # --teacher-views of the distillation rows: the teacher's outputs on 
 STEM = "transfer-imagenet"
 # The DIGG-family rows distil on 10 images per few image for DIGG's own 10 epochs (not the row's 30: 25,000
 # images × 30 epochs would be 12,000 steps a run here), the teacher's outputs on 2 cached views per image.
+AFT_PAPER = {"lr": 1e-4, "batch_size": 128, "steps": 5000, "aft_augment": False}  # SPEC-methods.md, AFT recipe
 DIGG_DISTILL = {"distill_epochs": DIGG_KD.epochs, "teacher_views": 2}
 PACK = "PACK"  # placeholder of a row's --pack: the tiny-imagenet pack at the task's resolution (primed once)
 IRF_RUN = "IRF_RUN"  # placeholder of a row's --teacher-from: the same task and seed's `irf` run (its adapted Lite2)
@@ -139,6 +140,10 @@ ROWS: list[Row] = [
         note="AFT with 10x the regulariser: does a stronger pull to the teacher's kernel change the accuracy"),
     Row("aft no-augment", "aft", tasks=CIFAR, options={"beta": "10", "aft_augment": False},
         note="AFT as in its paper's code: no augmentation of the student's view"),
+    Row("aft paper recipe", "aft", tasks=CIFAR, options={"beta": "10", **AFT_PAPER},
+        note="AFT with its paper's recipe: Adam lr 1e-4, batch 128, 5000 steps, cosine, no augmentation, β 10"),
+    Row("aft β=0 paper recipe", "aft", tasks=CIFAR, options={"beta": "0", "aft_weights": "identity", **AFT_PAPER},
+        note="the paper's STL: the same recipe without the regulariser"),
     Row("stl mobilenetv3", "stl", student="mobilenetv3_large_100", tasks=("caltech101",),
         note="the edge student, tiny-imagenet-pretrained, fine-tuned"),
     Row("aft mobilenetv3", "aft", student="mobilenetv3_large_100", tasks=("caltech101",), options={"beta": "10"},
