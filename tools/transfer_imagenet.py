@@ -106,6 +106,10 @@ ROWS: list[Row] = [
         note="KDEP as pre-training (its Table 1 SP comparison): distillation on the 40,000 tiny-imagenet train "
              "images, labels unused, 15 epochs (2 cached views each) — the images and epochs of the stl row's "
              "supervised pre-training — then stl's fine-tune"),
+    Row("kdep upstream linear-align", "kdep", init="scratch", tasks=CIFAR,
+        options={"teacher_views": 2, "unlabeled": UPSTREAM_TRAIN, "distill_epochs": PRETRAIN_EPOCHS, "align": "linear",
+                 "transform": "none"},
+        note="KDEP Table 2 at upstream scale: `kdep upstream` with the learned linear map and no PTS"),
     Row("kdep no-PTS", "kdep", init="scratch", tasks=CIFAR, options={"teacher_views": VIEWS, "transform": "none"},
         note="KDEP ablation: SVD alignment without PTS"),
     Row("kd raw", "digg", init="scratch", options={"kd_data": "raw", "teacher_views": VIEWS},
