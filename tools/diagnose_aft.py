@@ -37,6 +37,7 @@ from edgeft.compress.data import ImageDataset, ImageStore, Sample, build_transfo
 from edgeft.compress.losses import kernel_distance  # noqa: E402
 from edgeft.compress.models import Normalized  # noqa: E402
 from edgeft.export.base import load_student  # noqa: E402
+from edgeft.export.quantize import label_of  # noqa: E402
 
 ROWS = ("stl", "aft β=0", "aft", "aft identity-μ")
 BATCH, DRAWS = 64, 200
@@ -91,7 +92,7 @@ def teacher_features(aft_run: Path, count: int) -> torch.Tensor:
 def split_images(split: dict, part: str, image_size: int) -> ImageDataset:
     """The run's `part` images (train or val) in the run's order, eval transform."""
     classes = split["classes"]
-    samples = [Sample(p, classes.index(p.split("/")[-2])) for p in split[part]]
+    samples = [Sample(p, label_of(p, classes)) for p in split[part]]
     return ImageDataset(ImageStore(split["source"]), samples, image_size, build_transform(image_size, train=False))
 
 
