@@ -172,7 +172,16 @@ def create(spec: ModelSpec, num_classes: int, *, role: str) -> Normalized:
         _load_from_hub(model, spec, role)
     elif spec.weights != "none":
         load_weights(model, Path(spec.weights), role=role)
+    if prefers_channels_last(model):
+        model = model.to(memory_format=torch.channels_last)
     return Normalized(model, spec.mean, spec.std, spec.input_size if role == "teacher" else None)
+
+
+def prefers_channels_last(model: nn.Module) -> bool:
+    """Whether `model` has depthwise convolutions (EfficientNet, MobileNet): measured on this CPU (oneDNN, one
+    thread), channels_last runs them 1.6–1.8× faster (Lite2 at 128 px, a training step 126 → 71 ms per image;
+    mobilenetv3 at 64 px 19 → 12), while a plain ResNet is not faster (resnet18 at 32 px 6.7 → 9.4 ms)."""
+    return any(isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels for m in model.modules())
 
 
 def load_weights(model: nn.Module, path: Path, *, role: str) -> None:

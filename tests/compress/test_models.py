@@ -72,6 +72,19 @@ def test_macs_and_params_of_resnet18():
     assert 1.7e9 < models.count_macs(model, 224) < 1.9e9  # ResNet-18: 1.8 GMACs at 224 px
 
 
+def test_depthwise_nets_are_built_channels_last_and_resnets_are_not():
+    mobile = models.create(models.resolve("mobilenetv3_large_100", "none", role="student"), 10, role="student")
+    resnet = models.create(models.resolve("resnet18", "none", role="student"), 10, role="student")
+    assert mobile.model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not mobile.model.conv_stem.weight.is_contiguous()
+    assert resnet.model.conv1.weight.is_contiguous()
+    x = torch.rand(2, 3, 64, 64)
+    reference = timm.create_model("mobilenetv3_large_100", num_classes=10).eval()
+    reference.load_state_dict(mobile.model.state_dict())
+    with torch.no_grad():  # same function: only the memory layout changed
+        torch.testing.assert_close(mobile.eval().model(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
 def _bit_npz(model, path) -> None:
     """Writes `model` (a timm BiT ResNetV2) in the official BiT .npz layout (HWIO kernels)."""
     import numpy as np
