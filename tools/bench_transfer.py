@@ -267,7 +267,7 @@ def main_imagenet(args: argparse.Namespace) -> None:
     path = RESULTS / f"{proto.STEM}.json"
     tasks = [proto.TASKS[t] for t in (args.tasks.split(",") if args.tasks else proto.TASKS)]
     rows = proto.ROWS if not args.rows else [r for r in proto.ROWS if r.name in args.rows.split(",")]
-    for row in rows:
+    for row in [] if args.table_only else rows:
         for task in (t for t in tasks if t.name in row.tasks):
             seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(task.seeds)
             for seed in seeds:
@@ -290,6 +290,8 @@ def main() -> None:
     parser.add_argument("--rows", help="comma-separated row names (default: all)")
     parser.add_argument("--tasks", help="imagenet-teacher: comma-separated tasks (default: all)")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the protocol's)")
+    parser.add_argument("--table-only", action="store_true",
+                        help="imagenet-teacher: rewrite the table and checks from the stored runs, run nothing")
     args = parser.parse_args()
     if args.protocol == "imagenet-teacher":
         main_imagenet(args)
