@@ -88,7 +88,10 @@ CIFAR = ("cifar10-animals",)
 ROWS: list[Row] = [
     Row("teacher lp", "lp", init="teacher", note="Lite2 frozen at 128 px, new head"),
     Row("teacher fine-tune", "stl", init="teacher", epochs=5, options={"lr": 0.01},
-        note="Lite2, all layers, 128 px, 5 epochs"),
+        note="Lite2, all layers, 128 px, 5 epochs, SGD lr 1e-2 (a new head and every layer from the first step)"),
+    Row("teacher fine-tune lr 1e-3", "stl", init="teacher", epochs=5, tasks=CIFAR, options={"lr": 0.001},
+        note="the same at lr 1e-3 (the second value of IRF's calibration grid): does a gentler lr keep the "
+             "ImageNet features a random head's first gradients would wreck"),
     Row("scratch", "stl", init="scratch", note="resnet18 from random init, fine-tuned (SGD, crop/flip)"),
     Row("stl", "stl", note="tiny-imagenet-pretrained resnet18, fine-tuned (SGD, crop/flip)"),
     Row("lp", "lp", note="tiny-imagenet-pretrained resnet18, frozen, new head"),
@@ -117,6 +120,8 @@ ROWS: list[Row] = [
     Row("irf", "irf", init="teacher", epochs=5, options={"pack": PACK},
         note="OTA IRF on Lite2 (128 px): head on VQGAN re-represented images (re-represented at the pack's "
              "resolution, backbone frozen), then all layers on the originals for teacher fine-tune's 5 epochs"),
+    Row("irf lr 1e-3", "irf", init="teacher", epochs=5, tasks=CIFAR, options={"pack": PACK, "lr": 0.001},
+        note="irf calibrating at lr 1e-3: the pair of `teacher fine-tune lr 1e-3`"),
     Row("irf deliver-original", "irf", init="teacher", epochs=5, tasks=CIFAR,
         options={"pack": PACK, "deliver_data": "original"}, note="IRF ablation, OTA Table 4 (a): head on originals"),
     Row("irf calib-rec", "irf", init="teacher", epochs=5, tasks=CIFAR, options={"pack": PACK, "calib_data": "rec"},
