@@ -290,6 +290,14 @@ def accuracies(results: dict, task: str, row: str) -> list[float]:
     return [v["accuracy"] for k, v in results["runs"].items() if k.rsplit("/", 1)[0] == f"{task}/{row}"]
 
 
+def best_finetune_pair(task: str, mean) -> tuple[str, str]:
+    """(irf row, teacher fine-tune row) at the lr where the fine-tune does best of those both rows ran at: the
+    baseline gets the lr chosen in its favour, and IRF calibrates at the same one."""
+    pairs = [("irf", "teacher fine-tune"), ("irf lr 1e-3", "teacher fine-tune lr 1e-3")]
+    done = [p for p in pairs if mean(task, p[0]) is not None and mean(task, p[1]) is not None]
+    return max(done, key=lambda p: mean(task, p[1])) if done else pairs[0]
+
+
 def checks(results: dict) -> list[dict]:
     """The papers' effects, each {name, task, holds, value, target, note}; holds None while a row is missing."""
     found = []
@@ -316,11 +324,13 @@ def checks(results: dict) -> list[dict]:
                           "holds": None if ratio is None else ratio <= 0.85,
                           "note": f"{pair[0]} / {pair[1]}: the same recipe with and without the regulariser"})
         ota, kd_raw = mean(task, "ota"), mean(task, "kd raw")
+        irf, finetune = best_finetune_pair(task, mean)
         for name, a, b, target, note in (
                 ("ota_vs_pretrained_student", ota, stl, 2.5, "ota − stl; OTA Table 5: 70.5 vs 68.0"),
                 ("ota_vs_kd_raw", ota, kd_raw, 10.0, "ota − kd raw; OTA Table 5: 70.5 vs 51.4"),
-                ("irf_vs_finetune", mean(task, "irf"), mean(task, "teacher fine-tune"), 1.9,
-                 "irf − teacher fine-tune; OTA §4.1: +1.9 on average over 17 tasks")):
+                ("irf_vs_finetune", mean(task, irf), mean(task, finetune), 1.9,
+                 f"{irf} − {finetune} (the lr at which the fine-tune baseline does best, both rows calibrating "
+                 "at it); OTA §4.1: +1.9 on average over 17 tasks")):
             gap = None if a is None or b is None else 100 * (a - b)
             found.append({"name": name, "task": task, "value": gap, "target": f">= +{target} points",
                           "holds": None if gap is None else gap >= target, "note": note})
