@@ -26,6 +26,9 @@ def _resume_free(default: Any) -> Any:
     return dataclasses.field(default=default, metadata={"resume_free": True})
 
 
+HEAD_INITS = ("default", "zero")
+
+
 @dataclass(frozen=True)
 class CompressConfig:
     """Every option of `edgeft compress`: one field per shared flag, and the chosen method's own options
@@ -52,6 +55,7 @@ class CompressConfig:
     schedule: str | None = None
     image_size: int | None = None  # the student's; default: the demo's 32 px, else the teacher's input size
     teacher_image_size: int | None = None  # default: the teacher's pretrained input size
+    head_init: str = "default"  # the student's new head: its architecture's own init, or zero (BiT's rule)
     device: str = _resume_free("auto")
     workers: int = _resume_free(0)
     out: str | None = _resume_free(None)
@@ -70,6 +74,8 @@ class CompressConfig:
         for name, size in (("--image-size", self.image_size), ("--teacher-image-size", self.teacher_image_size)):
             if size is not None and size < MIN_IMAGE_SIZE:  # else the decoder fails and the data is blamed
                 raise ConfigError(f"{name} {size}: must be at least {MIN_IMAGE_SIZE} pixels")
+        if self.head_init not in HEAD_INITS:
+            raise ConfigError(f"--head-init {self.head_init}: use one of {', '.join(HEAD_INITS)}")
         if self.method is None:  # a teacher is there to be transferred from
             object.__setattr__(self, "method", DEFAULT_TRANSFER_METHOD if self.teacher or self.teacher_from else "stl")
         declared = method_entry(self.method).options

@@ -163,11 +163,17 @@ def _default_source(name: str, arch: str, cfg, role: str) -> str:
     raise no_copy_error(name, role, packaged)
 
 
-def create(spec: ModelSpec, num_classes: int, *, role: str) -> Normalized:
-    """Builds the model of `spec` with a new `num_classes` head (0: no head) and loads its weights."""
+def create(spec: ModelSpec, num_classes: int, *, role: str, zero_head: bool = False) -> Normalized:
+    """Builds the model of `spec` with a new `num_classes` head (0: no head) and loads its weights; with
+    `zero_head` the new head starts at zero (BiT's fine-tuning rule), else as its architecture initialises it."""
     import timm
 
     model = timm.create_model(spec.arch, pretrained=False, num_classes=num_classes, exportable=True)
+    if zero_head and num_classes:
+        head = model.get_classifier()
+        for tensor in (head.weight, head.bias):
+            if tensor is not None:
+                nn.init.zeros_(tensor)
     if spec.weights == "hub":
         _load_from_hub(model, spec, role)
     elif spec.weights != "none":

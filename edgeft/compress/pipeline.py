@@ -112,7 +112,8 @@ def _context(cfg: CompressConfig, run: RunDir, device: torch.device, dist: Dist,
         artifacts.write_json(run.data_split, splits.describe(images, val))
     student_spec = models.resolve(cfg.student, _student_weights(cfg), role="student")
     torch.manual_seed(cfg.seed)
-    student = models.create(student_spec, num_classes=len(splits.classes), role="student").to(device)
+    student = models.create(student_spec, num_classes=len(splits.classes), role="student",
+                            zero_head=cfg.head_init == "zero").to(device)
     trainer = Trainer(run, device, dist, progress() if dist.is_main else NullProgress(), cfg.resume)
     return TransferContext(cfg, run, device, trainer, splits.classes, images, val, image_size,
                            teacher_specs, student, student_spec, teachers)
@@ -199,7 +200,8 @@ def _fine_tune_alone(ctx: TransferContext) -> dict:
     what the method's accuracy is measured against. Its stages are named `baseline-…`."""
     began = time.time()
     torch.manual_seed(ctx.config.seed)
-    fresh = models.create(ctx.student_spec, num_classes=len(ctx.classes), role="student").to(ctx.device)
+    fresh = models.create(ctx.student_spec, num_classes=len(ctx.classes), role="student",
+                          zero_head=ctx.config.head_init == "zero").to(ctx.device)
     alone = finetune(dataclasses.replace(ctx, student=fresh, notes={}), stage="baseline-finetune")
     return {"method": "stl", "accuracy": evaluate(alone, ctx.val, ctx.device), "seconds": round(time.time() - began, 1)}
 

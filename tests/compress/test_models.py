@@ -85,6 +85,21 @@ def test_depthwise_nets_are_built_channels_last_and_resnets_are_not():
         torch.testing.assert_close(mobile.eval().model(x), reference(x), rtol=1e-4, atol=1e-4)
 
 
+def test_zero_head_starts_a_new_head_at_zero_and_keeps_a_loaded_one(tmp_path):
+    spec = models.resolve("resnet18", "none", role="student")
+    torch.manual_seed(0)
+    zero = models.create(spec, 5, role="student", zero_head=True)
+    torch.manual_seed(0)
+    default = models.create(spec, 5, role="student")
+    assert not zero.model.fc.weight.any() and not zero.model.fc.bias.any()
+    assert default.model.fc.weight.abs().sum() > 0
+    assert torch.equal(zero.model.conv1.weight, default.model.conv1.weight)  # the backbone is untouched
+    path = tmp_path / "five.safetensors"
+    save_file({k: v.contiguous() for k, v in default.model.state_dict().items()}, str(path))
+    loaded = models.create(models.resolve("resnet18", str(path), role="student"), 5, role="student", zero_head=True)
+    assert torch.equal(loaded.model.fc.weight, default.model.fc.weight)  # a head of the same shape is loaded
+
+
 def _bit_npz(model, path) -> None:
     """Writes `model` (a timm BiT ResNetV2) in the official BiT .npz layout (HWIO kernels)."""
     import numpy as np
