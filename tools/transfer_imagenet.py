@@ -93,8 +93,6 @@ ROWS: list[Row] = [
     Row("teacher fine-tune timm-head", "stl", init="teacher", epochs=5, tasks=CIFAR, options={"lr": 0.01},
         note="the same with the head as timm initialises EfficientNet's (uniform ±1/√classes: large random logits "
              "for 5 classes, whose first gradients wreck the features)"),
-    Row("teacher fine-tune lr 1e-3", "stl", init="teacher", epochs=5, tasks=CIFAR, options={"lr": 0.001},
-        note="timm-head at lr 1e-3 (the second value of IRF's calibration grid)"),
     Row("scratch", "stl", init="scratch", note="resnet18 from random init, fine-tuned (SGD, crop/flip)"),
     Row("stl", "stl", note="tiny-imagenet-pretrained resnet18, fine-tuned (SGD, crop/flip)"),
     Row("lp", "lp", note="tiny-imagenet-pretrained resnet18, frozen, new head"),
