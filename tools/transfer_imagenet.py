@@ -85,6 +85,8 @@ class Row:
 
 
 CIFAR = ("cifar10-animals",)
+CALTECH = ("caltech101",)
+EDGE_STUDENT = "mobilenetv3_large_100"
 ROWS: list[Row] = [
     Row("teacher lp", "lp", init="teacher", note="Lite2 frozen at 128 px, new head"),
     Row("teacher fine-tune", "stl", init="teacher", epochs=5, options={"lr": 0.01, "head_init": "zero"},
@@ -152,13 +154,17 @@ ROWS: list[Row] = [
         note="AFT with its paper's recipe: Adam lr 1e-4, batch 128, 5000 steps, cosine, no augmentation, β 10"),
     Row("aft β=0 paper recipe", "aft", tasks=CIFAR, options={"beta": "0", "aft_weights": "identity", **AFT_PAPER},
         note="the paper's STL: the same recipe without the regulariser"),
-    Row("stl mobilenetv3", "stl", student="mobilenetv3_large_100", tasks=("caltech101",),
-        note="the edge student, tiny-imagenet-pretrained, fine-tuned"),
-    Row("aft mobilenetv3", "aft", student="mobilenetv3_large_100", tasks=("caltech101",), options={"beta": "10"},
+    Row("stl mobilenetv3", "stl", student=EDGE_STUDENT, tasks=CALTECH, options={"head_init": "zero"},
+        note="the edge student, tiny-imagenet-pretrained, fine-tuned (its head zero-started: timm initialises "
+             "MobileNet's like EfficientNet's)"),
+    Row("aft mobilenetv3", "aft", student=EDGE_STUDENT, tasks=CALTECH, options={"beta": "10", "head_init": "zero"},
         note="the edge student with AFT"),
+    Row("kdep mobilenetv3", "kdep", init="scratch", student=EDGE_STUDENT, tasks=CALTECH,
+        options={"teacher_views": VIEWS, "head_init": "zero"}, note="the edge student with KDEP (as the kdep row)"),
+    Row("ota mobilenetv3", "digg", init="scratch", student=EDGE_STUDENT, tasks=CALTECH,
+        options={"pack": PACK, "teacher_from": IRF_RUN, **DIGG_DISTILL, "head_init": "zero"},
+        note="the edge student with OTA (as the ota row)"),
 ]
-# Rows of the issue not wired into this protocol yet (they need the tiny-imagenet pack or the IRF-adapted
-# teacher); listed in the Markdown as pending.
 
 
 def run_dir(task: Task, row: Row, seed: int) -> Path:
