@@ -61,7 +61,7 @@ def cli(verbose: int) -> None:
 @click.option("--schedule", type=click.Choice(["cosine", "multistep", "constant"]), help="LR schedule.")
 @click.option("--image-size", type=int, help="The student's training/inference image size [the images' own (median short side), at most the teacher's].")
 @click.option("--teacher-image-size", type=int, help="The resolution the teacher sees (images are resized to it) [its pretrained input size].")
-@click.option("--head-init", type=click.Choice(["default", "zero"]), help="The student's new classification head: its architecture's own init, or zero (BiT's fine-tuning rule; EfficientNet/MobileNet's own init gives a few-class head large random logits) [default].")
+@click.option("--head-init", help="The student's new classification head: default (its architecture's own init) or zero (BiT's fine-tuning rule; EfficientNet/MobileNet's own init gives a few-class head large random logits) [default].")
 @opt.device("train")
 @click.option("--workers", type=int, help="Data-loader worker processes [0].")
 @click.option("--out", help="Run directory [runs/<time>-<method>].")

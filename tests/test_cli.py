@@ -62,6 +62,11 @@ def test_fraction_leaving_a_class_empty(tmp_path, tiny_data):
     one_line_error(run(tiny_args(tiny_data, tmp_path / "r", "--fraction", "0.01")), "--fraction 0.01")
 
 
+def test_unknown_head_init_is_one_line_error_and_writes_nothing(tmp_path, tiny_data):
+    one_line_error(run(tiny_args(tiny_data, tmp_path / "r", "--head-init", "bogus")), "--head-init bogus", "zero")
+    assert not (tmp_path / "r").exists()
+
+
 def test_unknown_teacher_suggests(tmp_path, tiny_data):
     args = tiny_args(tiny_data, tmp_path / "r")
     args[args.index("resnet10t")] = "resnet10tt"

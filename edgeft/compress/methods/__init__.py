@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from edgeft.compress.methods.options import (AftOptions, DiggOptions, IrfOptions, KdepOptions, KdOptions, NoOptions,
-                                             OtaOptions, DistillOptions)
+from edgeft.compress.methods.options import (AftOptions, DiggOptions, DistillOptions, IrfOptions, KdepOptions,
+                                             KdOptions, NoOptions, OtaOptions)
 from edgeft.errors import ConfigError
 from edgeft.registry import Registry
 
