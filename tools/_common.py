@@ -56,6 +56,23 @@ def dump_json(path: Path, data: dict) -> None:
     artifacts.write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def primed_pack(out: Path, options: dict, transformer: dict | None = None, **data) -> Path:
+    """A benchmark pack primed once at `out` with `options` on `data` (PrimeConfig's data/classes), its latent
+    transformer added with `transformer` when given and missing; a killed prime resumes."""
+    from edgeft import artifacts
+    from edgeft.console import RichProgress
+    from edgeft.compress.generative.prime import prime
+    from edgeft.config import PrimeConfig
+
+    manifest = out / "pack.json"
+    if not manifest.exists():
+        resume = (out.parent / f"{out.name}-work" / "config.yaml").exists()
+        prime(PrimeConfig(out=str(out), resume=resume, **options, **data), progress=RichProgress())
+    if transformer and "transformer" not in artifacts.read_json(manifest):
+        prime(PrimeConfig(out=str(out), resume=True, **transformer), dict(transformer), progress=RichProgress())
+    return out
+
+
 def pretrain_from_scratch(out: Path, arch: str, data: Path, image_size: int, epochs: int, batch_size: int = 128,
                           lr: float = 0.1, seed: int = 0, classes: tuple[str, ...] = ()) -> Path:
     """Supervised training of `arch` from random init (stl, SGD) into run directory `out`, cached: a finished

@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    CACHE, DOWNSTREAM_CLASSES, DOWNSTREAM_FRACTION, RESULTS, UPSTREAM_CLASSES, dump_json, provenance, require_cifar,
+    CACHE, DOWNSTREAM_CLASSES, DOWNSTREAM_FRACTION, RESULTS, UPSTREAM_CLASSES, dump_json, primed_pack, provenance,
+    require_cifar,
 )
 
 from edgeft import artifacts  # noqa: E402
@@ -37,15 +38,7 @@ TARGET_PSNR = 23.0
 
 def upstream_pack() -> Path:
     """The benchmark pack (primed here once; a killed prime resumes)."""
-    from edgeft.console import RichProgress
-    from edgeft.compress.generative.prime import prime
-    from edgeft.config import PrimeConfig
-
-    if not (PACK / "pack.json").exists():
-        cfg = PrimeConfig(data=str(require_cifar()), out=str(PACK), classes=UPSTREAM_CLASSES, **PRIME_OPTIONS,
-                          resume=(PACK.parent / "pack-work" / "config.yaml").exists())
-        prime(cfg, progress=RichProgress())
-    return PACK
+    return primed_pack(PACK, PRIME_OPTIONS, data=str(require_cifar()), classes=UPSTREAM_CLASSES)
 
 
 def frechet_check(pack: Path) -> dict:

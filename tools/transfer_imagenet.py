@@ -25,7 +25,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import CACHE, DOWNSTREAM_CLASSES, DOWNSTREAM_FRACTION, RESULTS, require_shared
+from _common import CACHE, DOWNSTREAM_CLASSES, DOWNSTREAM_FRACTION, RESULTS, primed_pack, require_shared
 from pretrain_student import TINY_IMAGENET, pretrained_student
 
 from edgeft import artifacts
@@ -232,23 +232,14 @@ def upstream_train_dir() -> Path:
 
 
 def imagenet_pack(image_size: int, transformer: bool = True) -> Path:
-    """The protocol's IRF/DIGG pack for students at `image_size`: a VQGAN and its latent transformer primed on
-    tiny-imagenet-200's train images (the teacher's upstream: OTA's premise) at that resolution, with the
-    in-house protocol's settings; once, resumable. IRF needs the VQGAN alone (`transformer` False)."""
+    """The protocol's IRF/DIGG pack at `image_size`: a VQGAN and its latent transformer primed on tiny-imagenet-200's
+    train images (the teacher's upstream: OTA's premise) with the in-house protocol's settings; once, resumable.
+    IRF needs the VQGAN alone (`transformer` False)."""
     from bench_digg import TRANSFORMER_OPTIONS
     from bench_irf import PRIME_OPTIONS
 
-    from edgeft.compress.generative.prime import prime
-    from edgeft.config import PrimeConfig
-
-    pack = CACHE / "bench-imagenet" / f"pack-{image_size}px"
-    manifest = pack / "pack.json"
-    if not manifest.exists() or (transformer and "transformer" not in artifacts.read_json(manifest)):
-        options = {**PRIME_OPTIONS, **TRANSFORMER_OPTIONS, "image_size": image_size}
-        resume = (pack.parent / f"{pack.name}-work" / "config.yaml").exists()
-        prime(PrimeConfig(data=str(require_shared(TINY_IMAGENET)), out=str(pack), resume=resume, **options),
-              options if resume else None, progress=RichProgress())
-    return pack
+    return primed_pack(CACHE / "bench-imagenet" / f"pack-{image_size}px", {**PRIME_OPTIONS, "image_size": image_size},
+                       TRANSFORMER_OPTIONS if transformer else None, data=str(require_shared(TINY_IMAGENET)))
 
 
 def _share_views(out: Path, task: Task, seed: int) -> None:
