@@ -124,7 +124,8 @@ ROWS: list[Row] = [
         note="OTA Table 5 (b): feature KD on the few raw images (no generation), then fine-tune"),
     Row("irf", "irf", init="teacher", epochs=5, options={"pack": PACK},
         note="OTA IRF on Lite2 (128 px): head on VQGAN re-represented images (re-represented at the pack's "
-             "resolution, backbone frozen), then all layers on the originals for teacher fine-tune's 5 epochs"),
+             "resolution, backbone frozen; lr 0.1), then all layers on the originals for teacher fine-tune's 5 epochs "
+             "(lr 1e-2)"),
     Row("irf lr-search", "irf", init="teacher", epochs=5, options={"pack": PACK, "search": True},
         note="IRF with the paper's own recipe: delivering lr from [1, 1e-3] and calibration lr from [1e-2, 1e-5], "
              "then wd, chosen on a 10% hold-out of train (OTA §4.1.1)"),
