@@ -21,10 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    CACHE, DOWNSTREAM_CLASSES, DOWNSTREAM_FRACTION, RESULTS, UPSTREAM_CLASSES, dump_json, primed_pack, provenance,
-    require_cifar,
+    CACHE, DOWNSTREAM_CLASSES, DOWNSTREAM_FRACTION, RESULTS, UPSTREAM_CLASSES, dump_json, provenance, require_cifar,
 )
-from bench_irf import PACK, PRIME_OPTIONS, TEACHER_ARCH, TEACHER_EPOCHS, upstream_pack  # noqa: E402
+from bench_irf import PACK, TEACHER_ARCH, TEACHER_EPOCHS, upstream_pack  # noqa: E402
 
 from edgeft import artifacts  # noqa: E402
 
@@ -36,8 +35,7 @@ GRID_SOURCES, GRID_SAMPLES = 8, 7
 
 def digg_pack() -> Path:
     """The benchmark pack with its latent transformer (added once; a killed run resumes)."""
-    upstream_pack()
-    return primed_pack(PACK, PRIME_OPTIONS, TRANSFORMER_OPTIONS)
+    return upstream_pack(TRANSFORMER_OPTIONS)
 
 
 def upstream_dir() -> Path:

@@ -36,9 +36,10 @@ UPSTREAM_SAMPLE, SEED = 2500, 0
 TARGET_PSNR = 23.0
 
 
-def upstream_pack() -> Path:
-    """The benchmark pack (primed here once; a killed prime resumes)."""
-    return primed_pack(PACK, PRIME_OPTIONS, data=str(require_cifar()), classes=UPSTREAM_CLASSES)
+def upstream_pack(transformer: dict | None = None) -> Path:
+    """The benchmark pack, with its latent transformer when `transformer` gives its options (primed here once;
+    a killed prime resumes)."""
+    return primed_pack(PACK, PRIME_OPTIONS, transformer, data=str(require_cifar()), classes=UPSTREAM_CLASSES)
 
 
 def frechet_check(pack: Path) -> dict:

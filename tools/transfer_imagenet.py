@@ -14,8 +14,8 @@ upsampled 4x): the ImageNet teacher's linear probe there is 74% / 90% (the share
 and 128 px costs a quarter of its native 260 px. IRF and DIGG use a pack (VQGAN + latent transformer)
 primed once on tiny-imagenet-200's train images at 32 px and shared by both tasks: a 64-px pack would
 cost about 4x its ~2.2 core-hours (16x16 codes for the transformer), so Caltech's IRF re-represents at
-32 px and its DIGG images are generated at 32 px, each resized to the model's input (a stated deviation). Teacher outputs are computed once through
-OpenVINO / ONNX Runtime (edgeft.compress.teacher_engine) and cached in each run.
+32 px and its DIGG images are generated at 32 px, each resized to the model's input (a stated deviation).
+Teacher outputs are computed once through OpenVINO / ONNX Runtime (edgeft.compress.teacher_engine) and cached in each run.
 """
 from __future__ import annotations
 
