@@ -8,10 +8,9 @@ The images are chosen by `--kd-data` (the paper's Table 5 rows):
 - `upstream` — as many images drawn (with the seed) from `--unlabeled DIR`, the upstream images;
 - `raw` — the few images themselves (the paper's "KD on 10% raw data").
 
-The loss is L2 (MSE) between the teacher's and the student's pooled backbone last-layer features,
-through a linear projector only when their widths differ (dropped after): fkd's `distill_features`.
-The paper distils with SGD lr 1.0, wd 1e-5 on a summed L2; the mean-reduced MSE here keeps fkd's
-lr 0.05 (and the paper's wd 1e-5).
+The loss is L2 between the teacher's and the student's pooled backbone last-layer features, through
+a linear projector only when their widths differ (dropped after): fkd's `distill_features`, with the
+paper's SGD lr 1.0 and wd 1e-5 for 10 epochs (the paper: 70).
 """
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ import json
 import logging
 import random
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from torch import nn
@@ -30,13 +29,13 @@ from edgeft.artifacts import cache_key
 from edgeft.compress.data import IMAGE_EXTENSIONS, ImageDataset, ImageStore, Sample, build_transform
 from edgeft.compress.generative.digg import DiggSpec, Sources, generate, generated_images
 from edgeft.compress.generative.pack import load_pack
-from edgeft.compress.methods.base import Recipe, TransferContext
-from edgeft.compress.methods.common import distill_features
+from edgeft.compress.methods.base import TransferContext
+from edgeft.compress.methods.common import FEATURE_KD, distill_features
 from edgeft.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-DIGG_KD = Recipe(epochs=10, lr=0.05, optimizer="sgd", schedule="cosine", weight_decay=1e-5)
+DIGG_KD = replace(FEATURE_KD, epochs=10)
 GENERATED_PER_IMAGE = 10
 
 

@@ -30,7 +30,7 @@ from edgeft import artifacts
 from edgeft.artifacts import cache_key
 from edgeft.compress import kernels as fused
 from edgeft.compress import losses
-from edgeft.compress.data import ImageDataset, build_transform, make_loader
+from edgeft.compress.data import ImageDataset, build_transform
 from edgeft.compress.methods.base import Method, Recipe, TransferContext
 from edgeft.compress.methods.common import EVAL_BATCH, finetune
 from edgeft.compress.methods.distillation import digg_images, unlabeled_images
@@ -129,8 +129,7 @@ class DistillationAsPretraining(Method):
             augmented = images.with_transform(build_transform(ctx.image_size, train=True))
             targets = teacher_targets(ctx, nn.ModuleList(ctx.teachers()), _taps_output(teacher_taps), "kdep-taps",
                                       augmented, EVAL_BATCH)
-            alignment, stats = self._alignment(ctx, teacher_taps, augmented, align, student_tap.dim, transform,
-                                               targets.cached)
+            alignment, stats = self._alignment(ctx, targets, align, student_tap.dim, transform)
             self._distill(ctx, targets, student_tap, alignment.to(ctx.device), align, transform)
         finally:
             for tap in [*teacher_taps, student_tap]:
@@ -144,10 +143,10 @@ class DistillationAsPretraining(Method):
         return finetune(ctx)
 
     @staticmethod
-    def _alignment(ctx: TransferContext, taps: list[PreActivation], augmented: ImageDataset, align: str,
-                   dim: int, transform: str, cached: torch.Tensor | None) -> tuple[Alignment, dict]:
+    def _alignment(ctx: TransferContext, targets: TeacherTargets, align: str, dim: int,
+                   transform: str) -> tuple[Alignment, dict]:
         """The alignment, computed once over the augmented distillation images (their `--teacher-views` when
-        `cached` holds the teacher's features of them) and cached atomically."""
+        given) and cached atomically."""
         from safetensors import safe_open
         from safetensors.torch import save_file
 
@@ -159,13 +158,7 @@ class DistillationAsPretraining(Method):
                 tensors = {k: handle.get_tensor(k) for k in handle.keys()}
                 stats = json.loads(handle.metadata()["stats"])
             return Alignment(tensors["mean"], tensors.get("basis"), tensors["std"]), stats
-        if cached is not None:
-            features = cached.cpu()
-        else:
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
-                torch.manual_seed(ctx.config.seed)  # the augmentation draws are fixed and leave the global RNG alone
-                features = torch.cat([torch.cat([tap(x.to(ctx.device)) for tap in taps], 1).float().cpu()
-                                      for x, _ in make_loader(augmented, EVAL_BATCH)])
+        features = targets.fitting_set(ctx.config.seed, ctx.device, EVAL_BATCH)
         alignment = fit_alignment(features, align, dim)
         aligned = alignment.target(features, "none")
         stats = {"std_ratio_aligned": std_ratio(aligned), "std_ratio_target": std_ratio(alignment.target(features, transform)),

@@ -120,6 +120,15 @@ class TeacherTargets:
         with torch.no_grad():
             return self.online(images)
 
+    def fitting_set(self, seed: int, device: torch.device, batch_size: int) -> torch.Tensor:
+        """The teacher's outputs over the distillation images, to fit a statistic of the targets on: the cached
+        views' outputs, or one pass with the images' augmentation drawn from `seed` (the global RNG left alone)."""
+        if self.cached is not None:
+            return self.cached.cpu()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            return torch.cat([self.online(x.to(device)).float().cpu() for x, _ in make_loader(self.dataset, batch_size)])
+
 
 def teacher_targets(ctx: TransferContext, teacher: nn.Module, output: Output, name: str, images: ImageDataset,
                     batch_size: int) -> TeacherTargets:
