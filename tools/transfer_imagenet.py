@@ -16,6 +16,9 @@ primed once on tiny-imagenet-200's train images at 32 px and shared by both task
 cost about 4x its ~2.2 core-hours (16x16 codes for the transformer), so Caltech's IRF re-represents at
 32 px and its DIGG images are generated at 32 px, each resized to the model's input (a stated deviation).
 Teacher outputs are computed once through OpenVINO / ONNX Runtime (edgeft.compress.teacher_engine) and cached in each run.
+Feature distillation (fkd, kd raw, kd upstream, ota, digg-irf) regresses the teacher's features standardised per
+channel at OTA's SGD lr 1.0: with the earlier plain MSE at lr 0.05 the student learned only the features' mean (its loss
+sat at their variance), and every run of those rows made that way was set aside and rerun.
 """
 from __future__ import annotations
 
