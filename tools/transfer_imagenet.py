@@ -142,6 +142,9 @@ ROWS: list[Row] = [
     Row("ota", "digg", init="scratch", options={"pack": PACK, "teacher_from": IRF_RUN, **DIGG_DISTILL},
         note="OTA (IRF→DIGG→KD→FT): the irf lr-search row's IRF-adapted Lite2 (same seed: its IRF stage is that run) "
              "distilled on 10 DIGG images per few image (10 epochs), then fine-tune (IRF's calibration recipe)"),
+    Row("ota distill-30", "digg", init="scratch", tasks=CIFAR,
+        options={"pack": PACK, "teacher_from": IRF_RUN, **DIGG_DISTILL, "distill_epochs": 30},
+        note="ota with a 3x longer distillation (30 epochs; OTA's own: 70): does the schedule limit the student"),
     Row("digg-irf", "digg-irf", init="scratch", options={"pack": PACK, **DIGG_DISTILL},
         note="OTA Table 9 order: un-adapted Lite2 distilled on the DIGG images (10 epochs), then IRF on the student"),
     Row("kd upstream", "digg", init="scratch",
