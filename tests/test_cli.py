@@ -200,6 +200,33 @@ def test_ctrl_c_during_training_says_how_to_resume_and_the_seconds_add_up(tmp_pa
     assert not (out / "checkpoints" / "elapsed.json").exists()
 
 
+def test_a_killed_run_counts_its_time_up_to_its_last_checkpoint_when_resumed(tmp_path, tiny_data, monkeypatch):
+    from edgeft.compress.train import Trainer
+
+    out = tmp_path / "r"
+    train_epoch, calls = Trainer._train_epoch, []
+
+    def killed_in_epoch_2(self, *args):  # no Ctrl-C handler runs: the process dies (SIGKILL, a lost machine)
+        calls.append(1)
+        if len(calls) == 2:
+            raise SystemExit(137)
+        return train_epoch(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", killed_in_epoch_2)
+    assert run(tiny_args(tiny_data, out, "--method", "stl")).exit_code == 137
+    monkeypatch.setattr(Trainer, "_train_epoch", train_epoch)
+    tally_file = out / "checkpoints" / "elapsed.json"
+    tally = json.loads(tally_file.read_text())
+    last_checkpoint = (out / "checkpoints" / "finetune" / "last.pt").stat().st_mtime
+    # the killed session "began" 600 s before its last checkpoint, after 40 s of an earlier session
+    tally_file.write_text(json.dumps({**tally, "seconds": 40.0, "since": last_checkpoint - 600}))
+    began = time.time()
+    assert run(["compress", "--out", str(out), "--resume"]).exit_code == 0
+    seconds = json.loads((out / "summary.json").read_text())["seconds"]
+    assert 640 <= seconds <= 640 + time.time() - began + 0.1
+    assert not tally_file.exists()
+
+
 def test_resuming_a_finished_run_keeps_its_total_seconds(tmp_path, tiny_data):
     out = tmp_path / "r"
     assert run(tiny_args(tiny_data, out, "--method", "lp")).exit_code == 0

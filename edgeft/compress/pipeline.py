@@ -57,7 +57,7 @@ def run_compress(
     """Runs one compression end to end and returns summary.json's content.
 
     Ctrl-C raises `Interrupted` (exit 130) naming the `--resume` command that continues the run;
-    the summary's seconds add up every session of a resumed run.
+    the summary's seconds add up every session of a resumed run, a killed one's up to its last saved work.
     """
     began = time.time()
     cfg, run = prepare_run(cfg, explicit or {})
@@ -77,6 +77,8 @@ def _compress(cfg: CompressConfig, run: RunDir, progress: Callable[[], Progress]
     torch.manual_seed(cfg.seed)
     method = METHODS.get(cfg.method).load()()
     ctx = _context(cfg, run, device, dist, progress)
+    if dist.is_main:
+        _mark_session(run, seconds())
     student = method.fit(ctx)
     if ctx.teacher_specs and "teacher_accuracy" not in ctx.notes:
         adapted_teacher(ctx)
@@ -129,12 +131,29 @@ def _datasets(splits: data_mod.DataSplits, image_size: int) -> tuple[data_mod.Im
     return images, val
 
 
+def _mark_session(run: RunDir, seconds: float) -> None:
+    """Notes when this session began and the seconds before it, so that a run killed without Ctrl-C
+    (SIGKILL, a lost machine) still counts this session's time up to its last saved work when resumed."""
+    artifacts.write_json(run.elapsed, {"seconds": round(seconds, 1), "since": time.time()})
+
+
 def _previous_seconds(run: RunDir) -> float:
-    """Seconds of the run's earlier sessions: the interrupted ones' tally, else the finished run's summary."""
-    for path in (run.elapsed, run.summary):
-        if path.exists():
-            return float(artifacts.read_json(path).get("seconds", 0.0))
+    """Seconds of the run's earlier sessions: the interrupted ones' tally (plus, for a killed session, its time
+    until the last checkpoint or cache file it wrote: work after that is redone), else the finished run's summary."""
+    if run.elapsed.exists():
+        tally = artifacts.read_json(run.elapsed)
+        since = tally.get("since")
+        return float(tally["seconds"]) + (max(0.0, _last_saved(run) - since) if since is not None else 0.0)
+    if run.summary.exists():
+        return float(artifacts.read_json(run.summary).get("seconds", 0.0))
     return 0.0
+
+
+def _last_saved(run: RunDir) -> float:
+    """When the run last saved work: the newest modification time under its checkpoints and cache (0 if none)."""
+    files = [p for folder in (run.checkpoints, run.cache) if folder.exists() for p in folder.rglob("*")
+             if p.is_file() and p != run.elapsed]
+    return max((p.stat().st_mtime for p in files), default=0.0)
 
 
 def _interrupted(run: RunDir, seconds: float) -> Interrupted:
