@@ -142,7 +142,7 @@ class RunDir:
     config = property(lambda self: self.root / "config.yaml")
     metrics = property(lambda self: self.root / "metrics.jsonl")
     checkpoints = property(lambda self: self.root / "checkpoints")
-    elapsed = property(lambda self: self.root / "checkpoints" / "elapsed.json")  # seconds of interrupted sessions
+    elapsed = property(lambda self: self.root / "checkpoints" / "elapsed.json")  # earlier sessions' seconds, this one's start
     student_dir = property(lambda self: self.root / "student")
     student_weights = property(lambda self: self.root / "student" / "model.safetensors")
     student_card = property(lambda self: self.root / "student" / "card.json")
