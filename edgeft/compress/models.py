@@ -76,7 +76,9 @@ class Normalized(nn.Module):
 
     @property
     def num_features(self) -> int:
-        return self.model.num_features
+        """Width of `features`: timm's `head_hidden_size` where the head has a hidden layer (MobileNetV3: 1,280
+        after the 960-channel trunk), else its `num_features`."""
+        return getattr(self.model, "head_hidden_size", None) or self.model.num_features
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled pre-logits features (the input of the classifier)."""

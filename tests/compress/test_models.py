@@ -72,6 +72,13 @@ def test_macs_and_params_of_resnet18():
     assert 1.7e9 < models.count_macs(model, 224) < 1.9e9  # ResNet-18: 1.8 GMACs at 224 px
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenetv3_large_100"])
+def test_num_features_is_the_width_of_the_pooled_features(arch):
+    model = models.create(models.resolve(arch, "none", role="student"), 10, role="student").eval()
+    with torch.no_grad():
+        assert model.features(torch.rand(1, 3, 32, 32)).shape == (1, model.num_features)
+
+
 def test_depthwise_nets_are_built_channels_last_and_resnets_are_not():
     mobile = models.create(models.resolve("mobilenetv3_large_100", "none", role="student"), 10, role="student")
     resnet = models.create(models.resolve("resnet18", "none", role="student"), 10, role="student")
