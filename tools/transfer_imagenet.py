@@ -406,7 +406,8 @@ def markdown(results: dict) -> str:
         holds = "pending" if c["holds"] is None else str(c["holds"]).lower()
         lines.append(f"| {c['name']} | {c['task']} | {value} | {c['target']} | {holds} | {c['note']} |")
     lines += aft_diagnosis()
-    lines += ["", f"Total CPU time of the stored runs: {total / 3600:.2f} h. Provenance of the last invocation: "
+    lines += ["", f"Total CPU time of the stored runs: about {total / 3600:.2f} h (the wall seconds each run records; "
+              f"nearly all ran at one thread). Provenance of the last invocation: "
               f"command `{prov.get('command')}`; hardware {prov.get('hardware')}; versions {prov.get('versions')}; "
               f"commit {prov.get('commit')}.", ""]
     return "\n".join(lines)
